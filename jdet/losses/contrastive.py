@@ -1,0 +1,218 @@
+"""Contrastive terms: SupCon, prototype contrastive and CPE, NaN-free by construction.
+
+SupCon follows Khosla et al. 2020 ("Supervised Contrastive Learning") and the authors' code
+(HobbitLong/SupContrast `losses.py`); CPE follows Sun et al. 2021 (FSCE, megvii-research/FSCE
+`contrastive_loss.py`) and the original project's simplified/full variants (REFERENCE.md §3,
+LOSSES.md §5). Every log-sum-exp here is max-shifted over *valid* entries only, masked entries
+are filled with a large finite negative and double-`where`d, and the sums are clamped at 1e-6
+before the log (clamp, never ``+eps``, never clamp the logits: LOSSES.md §8.2–4, §8.8).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import chex
+import jax
+import jax.numpy as jnp
+
+NEG = -1e9  # finite "minus infinity" for masked logits (f32; never use in float16)
+LOG_CLAMP = 1e-6
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+    """x / ‖x‖ with a finite gradient at x = 0 (rsqrt of a clamped square norm, §8.1)."""
+    sq = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axis, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+
+
+def _masked_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+    """Σ values·w / max(Σ w, 1) with `where`, so masked NaN-free zeros stay zero."""
+    total = jnp.where(weights > 0, values * weights, 0.0).sum()
+    return total / jnp.maximum(weights.sum(), 1.0)
+
+
+def _shifted_logits(logits: jax.Array, valid: jax.Array) -> jax.Array:
+    """Rows of logits minus their max over valid entries (stop-gradient); NEG where invalid."""
+    filled = jnp.where(valid, logits, NEG)
+    row_max = jax.lax.stop_gradient(filled.max(-1, keepdims=True))
+    return jnp.where(valid, filled - row_max, NEG)
+
+
+def _log_clamped_sum_exp(shifted: jax.Array, include: jax.Array) -> jax.Array:
+    """log(max(Σ_include exp(shifted), 1e-6)) per row; rows with nothing give log(1e-6)."""
+    exp = jnp.where(include, jnp.exp(jnp.where(include, shifted, 0.0)), 0.0)
+    return jnp.log(jnp.maximum(exp.sum(-1), LOG_CLAMP))
+
+
+def supcon_loss(
+    features: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array | None = None,
+    temperature: float = 0.07,
+    base_temperature: float = 0.07,
+    mode: Literal["jdet", "reference"] = "jdet",
+) -> jax.Array:
+    """Supervised contrastive loss (SupCon, "all" contrast mode) over N samples.
+
+    ``ℓ_i = −(τ/τ_b)·mean_{p∈P(i)} [s_ip − log max(Σ_{a∈A(i)} e^{s_ia}, 1e-6)]`` with
+    ``s = z·zᵀ/τ`` shifted by its row max, A(i) the other valid samples, P(i) those with y_i.
+
+    Args:
+      features: [N, D] f32 (L2-normalised here, safely).
+      labels: [N] i32.
+      mask: [N] bool, valid samples (default all).
+      temperature, base_temperature: τ and τ_b (0.07, 0.07).
+      mode: "jdet" averages over valid anchors that have a positive; "reference" reproduces
+        SupContrast, where anchors without positives count 0 in a mean over all valid anchors.
+
+    Returns:
+      [] f32; 0 when no anchor qualifies.
+    """
+    chex.assert_rank(features, 2)
+    chex.assert_shape(labels, features.shape[:1])
+    n = features.shape[0]
+    mask = jnp.ones((n,), bool) if mask is None else mask.astype(bool)
+    z = l2_normalize(features)
+    logits = (z @ z.T) / temperature  # [N, N]
+    not_self = ~jnp.eye(n, dtype=bool)
+    valid_pair = mask[:, None] & mask[None, :]
+    shifted = _shifted_logits(logits, valid_pair)  # row max includes self, as the reference
+    others = valid_pair & not_self  # A(i)
+    positives = others & (labels[:, None] == labels[None, :])  # P(i)
+    log_denom = _log_clamped_sum_exp(shifted, others)  # [N]
+    n_pos = positives.sum(-1)
+    log_prob_pos = jnp.where(positives, shifted - log_denom[:, None], 0.0).sum(-1)
+    mean_log_prob = log_prob_pos / jnp.maximum(n_pos, 1)
+    per_anchor = -(temperature / base_temperature) * mean_log_prob  # [N]
+    if mode == "jdet":
+        rows = mask & (n_pos > 0)
+    elif mode == "reference":
+        rows = mask
+    else:
+        raise ValueError(f"supcon_loss: mode must be jdet|reference, got {mode!r}")
+    return _masked_mean(per_anchor, rows.astype(jnp.float32))
+
+
+def prototype_contrastive_loss(
+    queries: jax.Array,
+    prototypes: jax.Array,
+    labels: jax.Array,
+    query_mask: jax.Array,
+    proto_mask: jax.Array | None = None,
+    temperature: float = 0.07,
+) -> jax.Array:
+    """Cross-entropy of cosine(query, prototypes)/τ against each query's class.
+
+    The original's stage-2 "supcon" when prototypes exist (REFERENCE.md §3). Padded
+    prototypes get a large negative finite logit, never −inf.
+
+    Args:
+      queries: [..., Q, D] f32 query embeddings; prototypes: [..., N, D] f32.
+      labels: [..., Q] i32 in [0, N); query_mask: [..., Q] bool.
+      proto_mask: [..., N] bool, real prototypes (default all).
+      temperature: τ (0.07).
+
+    Returns:
+      [] f32 mean over valid queries (0 if none).
+    """
+    chex.assert_rank(queries, prototypes.ndim)
+    num_protos = prototypes.shape[-2]
+    if proto_mask is None:
+        proto_mask = jnp.ones(prototypes.shape[:-1], bool)
+    q = l2_normalize(queries)
+    p = l2_normalize(prototypes)
+    logits = jnp.einsum("...qd,...nd->...qn", q, p) / temperature
+    logits = jnp.where(proto_mask[..., None, :], logits, NEG)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    labels = jnp.clip(labels, 0, num_protos - 1)
+    nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+    label_real = jnp.take_along_axis(proto_mask, labels, axis=-1)
+    valid = query_mask.astype(bool) & label_real
+    return _masked_mean(nll, valid.astype(jnp.float32))
+
+
+CPEVariant = Literal["simplified", "full", "fsce"]
+Reweight = Literal["none", "linear", "exp"]
+
+
+def cpe_loss(
+    features: jax.Array,
+    labels: jax.Array,
+    ious: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    temperature: float = 0.1,
+    variant: CPEVariant = "simplified",
+    iou_threshold: float = 0.5,
+    reweight: Reweight = "none",
+) -> jax.Array:
+    """Contrastive proposal encoding loss.
+
+    Variants (LOSSES.md §5):
+      - "simplified" (the original's default): per valid anchor with ≥1 positive (same label,
+        j ≠ i), ``−log(max(Σ_pos e^{s−m}, 1e-6) / max(Σ_{pos∪neg} e^{s−m}, 1e-6))`` with m the
+        row max over pos ∪ neg; mean over such anchors.
+      - "full" (the original's): positives need the same label, both IoUs > iou_threshold and
+        |ΔIoU| < 0.2; negatives are other labels; rows need ≥1 positive and ≥1 negative.
+      - "fsce" (FSCE paper/code): every valid proposal (background with its own label) in the
+        denominator, anchors = proposals with IoU ≥ iou_threshold, ``−Σ_p log p_ip /
+        (|P(i)|+1)`` (self counted, as FSCE), re-weighted by f(IoU_i) ∈ {1, IoU, e^IoU − 1}.
+
+    Args:
+      features: [N, D] f32 (L2-normalised here); labels: [N] i32; ious: [N] f32 IoU of each
+        proposal with its GT (stop-gradient); mask: [N] bool valid proposals.
+      temperature: τ (0.1); iou_threshold: φ; reweight: f for "fsce".
+
+    Returns:
+      [] f32; 0 when no anchor qualifies.
+    """
+    chex.assert_rank(features, 2)
+    n = features.shape[0]
+    chex.assert_shape([labels, ious], (n,))
+    mask = jnp.ones((n,), bool) if mask is None else mask.astype(bool)
+    ious = jax.lax.stop_gradient(ious.astype(jnp.float32))
+    z = l2_normalize(features)
+    logits = (z @ z.T) / temperature
+    not_self = ~jnp.eye(n, dtype=bool)
+    others = mask[:, None] & mask[None, :] & not_self
+    same = labels[:, None] == labels[None, :]
+
+    if variant in ("simplified", "full"):
+        if variant == "simplified":
+            pos = others & same
+        else:
+            both_good = (ious[:, None] > iou_threshold) & (ious[None, :] > iou_threshold)
+            close = jnp.abs(ious[:, None] - ious[None, :]) < 0.2
+            pos = others & same & both_good & close
+        neg = others & ~same
+        pos_or_neg = pos | neg
+        shifted = _shifted_logits(logits, pos_or_neg)  # m over pos ∪ neg
+        log_pos = _log_clamped_sum_exp(shifted, pos)
+        log_all = _log_clamped_sum_exp(shifted, pos_or_neg)
+        per_anchor = log_all - log_pos
+        rows = mask & pos.any(-1)
+        if variant == "full":
+            rows = rows & neg.any(-1)
+        return _masked_mean(per_anchor, rows.astype(jnp.float32))
+
+    if variant == "fsce":
+        valid_pair = mask[:, None] & mask[None, :]
+        shifted = _shifted_logits(logits, valid_pair)  # row max includes self, as FSCE
+        log_denom = _log_clamped_sum_exp(shifted, others)
+        pos = others & same
+        n_label = (valid_pair & same).sum(-1)  # |P(i)| + 1
+        log_prob = jnp.where(pos, shifted - log_denom[:, None], 0.0).sum(-1)
+        per_anchor = -log_prob / jnp.maximum(n_label, 1)
+        if reweight == "none":
+            coef = jnp.ones_like(ious)
+        elif reweight == "linear":
+            coef = ious
+        elif reweight == "exp":
+            coef = jnp.exp(ious) - 1.0
+        else:
+            raise ValueError(f"cpe_loss: reweight must be none|linear|exp, got {reweight!r}")
+        rows = mask & (ious >= iou_threshold)
+        return _masked_mean(per_anchor * coef, rows.astype(jnp.float32))
+
+    raise ValueError(f"cpe_loss: variant must be simplified|full|fsce, got {variant!r}")

@@ -1,0 +1,45 @@
+"""Test setup: 8 virtual CPU devices and the persistent compilation cache.
+
+Both must be configured before jax is imported anywhere, so this module sets the environment
+first. The cache folder can be moved with JDET_TEST_CACHE (CI points it inside its work area).
+"""
+
+import os
+import pathlib
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+
+_cache = pathlib.Path(
+    os.environ.get("JDET_TEST_CACHE", pathlib.Path.home() / ".cache" / "jdet" / "jax_tests")
+)
+_cache.mkdir(parents=True, exist_ok=True)
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", str(_cache))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+# Hypothesis profiles. "ci" (default) keeps the suite quick; "thorough" is the documented deep
+# run: HYPOTHESIS_PROFILE=thorough python3 -m pytest -q tests/test_properties.py
+_common = dict(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=False,
+)
+settings.register_profile("ci", max_examples=300, **_common)
+settings.register_profile("dev", max_examples=30, **_common)
+settings.register_profile("thorough", max_examples=10_000, **_common)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> pathlib.Path:
+    return FIXTURES
