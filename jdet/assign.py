@@ -12,6 +12,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jdet.dtypes import at_least_f32
+
 from jdet.boxes import bbox_iou
 
 
@@ -93,9 +95,9 @@ def task_aligned_assign(
     Returns:
       Assignment, with stop_gradient applied.
     """
-    pred_scores = jax.lax.stop_gradient(pred_scores.astype(jnp.float32))
-    pred_boxes = jax.lax.stop_gradient(pred_boxes.astype(jnp.float32))
-    gt_boxes = gt_boxes.astype(jnp.float32)
+    pred_scores = jax.lax.stop_gradient(at_least_f32(pred_scores))
+    pred_boxes = jax.lax.stop_gradient(at_least_f32(pred_boxes))
+    gt_boxes = at_least_f32(gt_boxes)
     _, num_anchors, num_classes = pred_scores.shape
     m = gt_boxes.shape[1]
     gt_mask = gt_mask.astype(bool)
@@ -161,7 +163,7 @@ def center_assign(
     Returns:
       Assignment, with stop_gradient applied.
     """
-    gt_boxes = gt_boxes.astype(jnp.float32)
+    gt_boxes = at_least_f32(gt_boxes)
     gt_mask = gt_mask.astype(bool)
     num_anchors = anchor_points.shape[0]
     inside = points_in_boxes(anchor_points, gt_boxes) & gt_mask[..., None]  # [B, M, A]

@@ -20,9 +20,19 @@ PyTree = Any
 
 
 def per_term_grads(
-    terms_fn: Callable[..., Any], params: PyTree, *args, has_aux: bool = False
+    terms_fn: Callable[..., Any],
+    params: PyTree,
+    *args,
+    has_aux: bool = False,
+    method: str = "vmap",
 ) -> tuple[dict[str, jax.Array], dict[str, PyTree]] | tuple[dict, dict, Any]:
-    """Gradient of every loss term w.r.t. params, in one pass.
+    """Gradient of every loss term w.r.t. params, in one call.
+
+    method="vmap" (default): one `jax.vjp` of the stacked terms, its pull-back `vmap`ped over
+    the K one-hot cotangents. method="separate": K `jax.grad` calls of one term each; under
+    one jit XLA shares their forward pass, and each backward only walks its own term's graph,
+    which is cheaper when the terms' graphs overlap little (`scripts/bench.py losses` measures
+    both).
 
     Args:
       terms_fn: ``terms_fn(params, *args) -> {name: [] f32}`` (or ``(terms, aux)`` with
@@ -49,12 +59,25 @@ def per_term_grads(
         vec = jnp.stack([jnp.asarray(terms[k], jnp.float32).reshape(()) for k in names])
         return vec, (terms, aux)
 
+    if method not in ("vmap", "separate"):
+        raise ValueError(f"per_term_grads: method must be vmap|separate, got {method!r}")
     _, pullback, (terms, aux) = jax.vjp(stacked, params, has_aux=True)
-    (stacked_grads,) = jax.vmap(pullback)(jnp.eye(len(names), dtype=jnp.float32))
-    grads = {
-        name: jax.tree.map(lambda g, i=i: g[i], stacked_grads) for i, name in enumerate(names)
-    }
+    if method == "vmap":
+        (stacked_grads,) = jax.vmap(pullback)(jnp.eye(len(names), dtype=jnp.float32))
+        grads = {
+            name: jax.tree.map(lambda g, i=i: g[i], stacked_grads) for i, name in enumerate(names)
+        }
+    else:
+        grads = {name: jax.grad(_single_term(terms_fn, name, has_aux))(params, *args) for name in names}
     return (terms, grads, aux) if has_aux else (terms, grads)
+
+
+def _single_term(terms_fn, name, has_aux):
+    def single(p, *args):
+        res = terms_fn(p, *args)
+        return (res[0] if has_aux else res)[name]
+
+    return single
 
 
 def grad_stats(grads: Mapping[str, PyTree]) -> dict[str, jax.Array]:
@@ -126,7 +149,11 @@ def format_grad_report(report: Mapping[str, Any]) -> str:
 
 
 def diagnose(
-    terms_fn: Callable[..., Any], params: PyTree, *args, has_aux: bool = False
+    terms_fn: Callable[..., Any],
+    params: PyTree,
+    *args,
+    has_aux: bool = False,
+    method: str = "vmap",
 ) -> tuple[dict[str, Any], dict[str, PyTree]]:
     """Per-term gradient check with attribution: the trainer's step-0 diagnostic.
 
@@ -138,8 +165,8 @@ def diagnose(
       (report, grads): the `grad_report` dict, with ``attribution`` = "shared" or "isolated",
       and the per-term gradients.
     """
-    fast = jax.jit(per_term_grads, static_argnums=0, static_argnames="has_aux")
-    out = fast(terms_fn, params, *args, has_aux=has_aux)
+    fast = jax.jit(per_term_grads, static_argnums=0, static_argnames=("has_aux", "method"))
+    out = fast(terms_fn, params, *args, has_aux=has_aux, method=method)
     terms, grads = out[0], dict(out[1])
     stats = jax.device_get(grad_stats(grads))
     attribution = "shared"
@@ -149,12 +176,7 @@ def diagnose(
         for i, name in enumerate(names):
             if bool(stats["finite"][i]):
                 continue
-
-            def single(p, name=name):
-                res = terms_fn(p, *args)
-                return (res[0] if has_aux else res)[name]
-
-            grads[name] = jax.jit(jax.grad(single))(params)
+            grads[name] = jax.jit(jax.grad(_single_term(terms_fn, name, has_aux)))(params, *args)
         stats = None
     report = grad_report(terms, grads, stats)
     report["attribution"] = attribution

@@ -23,6 +23,12 @@ def test_per_term_grads_match_individual_grads_and_weighted_sum():
     fn = lambda p, b: _terms_fn({**p, **const}, b)  # noqa: E731
     terms, grads = jax.jit(per_term_grads, static_argnums=0)(fn, params, batch)
     assert sorted(grads) == sorted(WEIGHTS)
+    _, grads_sep = jax.jit(per_term_grads, static_argnums=0, static_argnames="method")(
+        fn, params, batch, method="separate"
+    )
+    for name in WEIGHTS:
+        for a, b in zip(jax.tree.leaves(grads_sep[name]), jax.tree.leaves(grads[name])):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     for name in ("dfl", "supcon"):
         single = jax.grad(lambda p: fn(p, batch)[name])(params)
         for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(grads[name])):
@@ -62,6 +68,9 @@ def test_report_flags_non_finite_term():
     shared = grad_report(terms, grads)
     assert not shared["terms"]["bad"]["grad_finite"] and not shared["terms"]["ok"]["grad_finite"]
     # diagnose() re-derives non-finite terms alone and blames only the culprit.
+    # method="separate" differentiates each term alone: no leak in the first place.
+    _, grads_sep = per_term_grads(fn, params, method="separate")
+    assert bool(jnp.isfinite(grads_sep["ok"]["w"]).all())
     report, grads = diagnose(fn, params)
     assert report["attribution"] == "isolated"
     assert not report["all_finite"] and not report["terms"]["bad"]["grad_finite"]

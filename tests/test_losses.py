@@ -152,15 +152,32 @@ def test_supcon_no_positive_anchor_excluded_vs_reference_mode():
 
 def test_supcon_underflowing_denominator_regression():
     # REFERENCE.md §6.1: log of a near-zero denominator. Two antipodal same-label features at
-    # τ = 0.01: after the max shift Σ_{j≠i} e^{s_ij} = e^{-200} underflows to 0 in f32.
+    # τ = 0.01. With the reference's shift by the row max *including self*, the other sample's
+    # term is e^{-200}: it underflows to 0 in f32, log(0) = −inf (the original's NaNs), and the
+    # seed's clamp gives a finite but wrong 200 + log(1e-6) ≈ 186 with a zero gradient.
     feats = jnp.stack([E[0], -E[0]])
     labels = jnp.array([0, 0])
     naive_denominator = jnp.exp(jnp.float32(-200.0))
     assert float(naive_denominator) == 0.0 and not np.isfinite(float(jnp.log(naive_denominator)))
     val, g = jax.value_and_grad(lambda f: L.supcon_loss(f, labels, temperature=0.01, base_temperature=0.01))(feats)
-    # ℓ = −(s_ip − log max(Σ, 1e-6)) = 200 + log(1e-6).
-    assert float(val) == pytest.approx(200 + math.log(1e-6), rel=1e-5)
+    # The only candidate is the positive: its probability is 1, the exact loss is 0.
+    assert float(val) == pytest.approx(0.0, abs=1e-6)
     assert all_finite(g)
+
+
+def test_supcon_clamp_does_not_change_the_value():
+    # Vertices of a regular tetrahedron: every cosine between distinct samples is −1/3, so each
+    # anchor's 3 candidates are equally likely and the exact loss is ln 3. With the references'
+    # self-inclusive shift at τ = 0.07, Σ_{j≠i} e^{s_ij} = 3·e^{(−1/3 − 1)/0.07} ≈ 1.6e-8: the
+    # seed's clamp at 1e-6 would bind and report (1/3 + 1)/0.07 + ln 1e-6 ≈ 5.23 instead.
+    z = jnp.array([[1.0, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]) / math.sqrt(3)
+    labels = jnp.array([0, 0, 1, 1])
+    assert 3 * math.exp((-1 / 3 - 1) / 0.07) < 1e-6
+    val, g = jax.value_and_grad(lambda f: L.supcon_loss(f, labels))(z)
+    assert float(val) == pytest.approx(math.log(3), rel=1e-5)
+    assert all_finite(g)
+    # CPE simplified, same geometry: −log(1/3) as well.
+    assert float(L.cpe_loss(z, labels, jnp.ones(4))) == pytest.approx(math.log(3), rel=1e-5)
 
 
 def test_supcon_zero_norm_and_single_sample():

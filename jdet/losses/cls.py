@@ -6,6 +6,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jdet.dtypes import at_least_f32
+
 
 def bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Elementwise binary cross-entropy with logits, stable for any logit.
@@ -19,7 +21,7 @@ def bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
       [...] f32.
     """
     chex.assert_equal_shape([logits, targets])
-    logits = logits.astype(jnp.float32)
+    logits = at_least_f32(logits)
     return jnp.maximum(logits, 0.0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
 
 

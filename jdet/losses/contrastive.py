@@ -3,9 +3,21 @@
 SupCon follows Khosla et al. 2020 ("Supervised Contrastive Learning") and the authors' code
 (HobbitLong/SupContrast `losses.py`); CPE follows Sun et al. 2021 (FSCE, megvii-research/FSCE
 `contrastive_loss.py`) and the original project's simplified/full variants (REFERENCE.md §3,
-LOSSES.md §5). Every log-sum-exp here is max-shifted over *valid* entries only, masked entries
-are filled with a large finite negative and double-`where`d, and the sums are clamped at 1e-6
-before the log (clamp, never ``+eps``, never clamp the logits: LOSSES.md §8.2–4, §8.8).
+LOSSES.md §5).
+
+Every log-sum-exp here runs over exactly the set it sums (valid entries only: masked entries
+are filled with a large finite negative and double-`where`d) and is shifted by the max *of
+that set*, so the shifted sum is ≥ 1 whenever the set is non-empty. The 1e-6 clamp before the
+log (clamp, never ``+eps``; logits are never clamped: LOSSES.md §8.2–4, §8.8) then only
+guards empty sets, whose rows are excluded from the mean.
+
+Why not the references' shift: SupContrast, FSCE and the original subtract the row max
+*including self* (z_i·z_i/τ = 1/τ) and the original then clamps Σ_{j≠i} at 1e-6. At τ = 0.07
+that sum is Σ_j e^{(cos_ij − 1)/τ}, below 1e-6 for a few samples with cosines ≤ 0 (each term
+is ≤ 6.2e-7): the clamp then silently changes the loss (4.30 instead of 3.88 on the SupContrast
+fixture with 6 samples; 5.23 instead of ln 3 for a tetrahedron) and zeroes the denominator's
+gradient. Shifting by the set's own max is the same function wherever the reference's clamp
+is inactive (the parity fixtures) and the exact one where it is not.
 """
 
 from __future__ import annotations
@@ -16,13 +28,15 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jdet.dtypes import at_least_f32
+
 NEG = -1e9  # finite "minus infinity" for masked logits (f32; never use in float16)
 LOG_CLAMP = 1e-6
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
     """x / ‖x‖ with a finite gradient at x = 0 (rsqrt of a clamped square norm, §8.1)."""
-    sq = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axis, keepdims=True)
+    sq = jnp.sum(jnp.square(at_least_f32(x)), axis=axis, keepdims=True)
     return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
@@ -32,17 +46,17 @@ def _masked_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
     return total / jnp.maximum(weights.sum(), 1.0)
 
 
-def _shifted_logits(logits: jax.Array, valid: jax.Array) -> jax.Array:
-    """Rows of logits minus their max over valid entries (stop-gradient); NEG where invalid."""
-    filled = jnp.where(valid, logits, NEG)
-    row_max = jax.lax.stop_gradient(filled.max(-1, keepdims=True))
-    return jnp.where(valid, filled - row_max, NEG)
+def _masked_logsumexp(logits: jax.Array, include: jax.Array) -> jax.Array:
+    """log Σ_{j ∈ include} exp(logits_j) per row, shifted by the set's own (stop-gradient) max.
 
-
-def _log_clamped_sum_exp(shifted: jax.Array, include: jax.Array) -> jax.Array:
-    """log(max(Σ_include exp(shifted), 1e-6)) per row; rows with nothing give log(1e-6)."""
-    exp = jnp.where(include, jnp.exp(jnp.where(include, shifted, 0.0)), 0.0)
-    return jnp.log(jnp.maximum(exp.sum(-1), LOG_CLAMP))
+    The shifted sum is ≥ 1 for a non-empty set, so the 1e-6 clamp binds only on empty rows,
+    which give a large finite negative (callers exclude those rows).
+    """
+    filled = jnp.where(include, logits, NEG)
+    row_max = jax.lax.stop_gradient(filled.max(-1))
+    shifted = jnp.where(include, logits - row_max[..., None], 0.0)
+    total = jnp.where(include, jnp.exp(shifted), 0.0).sum(-1)
+    return row_max + jnp.log(jnp.maximum(total, LOG_CLAMP))
 
 
 def supcon_loss(
@@ -55,8 +69,9 @@ def supcon_loss(
 ) -> jax.Array:
     """Supervised contrastive loss (SupCon, "all" contrast mode) over N samples.
 
-    ``ℓ_i = −(τ/τ_b)·mean_{p∈P(i)} [s_ip − log max(Σ_{a∈A(i)} e^{s_ia}, 1e-6)]`` with
-    ``s = z·zᵀ/τ`` shifted by its row max, A(i) the other valid samples, P(i) those with y_i.
+    ``ℓ_i = −(τ/τ_b)·mean_{p∈P(i)} [s_ip − log Σ_{a∈A(i)} e^{s_ia}]`` with ``s = z·zᵀ/τ``,
+    A(i) the other valid samples, P(i) those with label y_i; the log-sum-exp is shifted by
+    the max over A(i) (module docstring).
 
     Args:
       features: [N, D] f32 (L2-normalised here, safely).
@@ -76,13 +91,11 @@ def supcon_loss(
     z = l2_normalize(features)
     logits = (z @ z.T) / temperature  # [N, N]
     not_self = ~jnp.eye(n, dtype=bool)
-    valid_pair = mask[:, None] & mask[None, :]
-    shifted = _shifted_logits(logits, valid_pair)  # row max includes self, as the reference
-    others = valid_pair & not_self  # A(i)
+    others = mask[:, None] & mask[None, :] & not_self  # A(i)
     positives = others & (labels[:, None] == labels[None, :])  # P(i)
-    log_denom = _log_clamped_sum_exp(shifted, others)  # [N]
+    log_denom = _masked_logsumexp(logits, others)  # [N]
     n_pos = positives.sum(-1)
-    log_prob_pos = jnp.where(positives, shifted - log_denom[:, None], 0.0).sum(-1)
+    log_prob_pos = jnp.where(positives, logits - log_denom[:, None], 0.0).sum(-1)
     mean_log_prob = log_prob_pos / jnp.maximum(n_pos, 1)
     per_anchor = -(temperature / base_temperature) * mean_log_prob  # [N]
     if mode == "jdet":
@@ -151,8 +164,9 @@ def cpe_loss(
 
     Variants (LOSSES.md §5):
       - "simplified" (the original's default): per valid anchor with ≥1 positive (same label,
-        j ≠ i), ``−log(max(Σ_pos e^{s−m}, 1e-6) / max(Σ_{pos∪neg} e^{s−m}, 1e-6))`` with m the
-        row max over pos ∪ neg; mean over such anchors.
+        j ≠ i), ``−log(Σ_pos e^s / Σ_{pos∪neg} e^s)``, each log-sum-exp shifted by its own set's
+        max (the original shares the pos ∪ neg max and clamps both sums at 1e-6, which binds
+        when every positive sits ≥ 13.8·τ below the best negative); mean over such anchors.
       - "full" (the original's): positives need the same label, both IoUs > iou_threshold and
         |ΔIoU| < 0.2; negatives are other labels; rows need ≥1 positive and ≥1 negative.
       - "fsce" (FSCE paper/code): every valid proposal (background with its own label) in the
@@ -171,7 +185,7 @@ def cpe_loss(
     n = features.shape[0]
     chex.assert_shape([labels, ious], (n,))
     mask = jnp.ones((n,), bool) if mask is None else mask.astype(bool)
-    ious = jax.lax.stop_gradient(ious.astype(jnp.float32))
+    ious = jax.lax.stop_gradient(at_least_f32(ious))
     z = l2_normalize(features)
     logits = (z @ z.T) / temperature
     not_self = ~jnp.eye(n, dtype=bool)
@@ -187,10 +201,7 @@ def cpe_loss(
             pos = others & same & both_good & close
         neg = others & ~same
         pos_or_neg = pos | neg
-        shifted = _shifted_logits(logits, pos_or_neg)  # m over pos ∪ neg
-        log_pos = _log_clamped_sum_exp(shifted, pos)
-        log_all = _log_clamped_sum_exp(shifted, pos_or_neg)
-        per_anchor = log_all - log_pos
+        per_anchor = _masked_logsumexp(logits, pos_or_neg) - _masked_logsumexp(logits, pos)
         rows = mask & pos.any(-1)
         if variant == "full":
             rows = rows & neg.any(-1)
@@ -198,11 +209,10 @@ def cpe_loss(
 
     if variant == "fsce":
         valid_pair = mask[:, None] & mask[None, :]
-        shifted = _shifted_logits(logits, valid_pair)  # row max includes self, as FSCE
-        log_denom = _log_clamped_sum_exp(shifted, others)
+        log_denom = _masked_logsumexp(logits, others)
         pos = others & same
         n_label = (valid_pair & same).sum(-1)  # |P(i)| + 1
-        log_prob = jnp.where(pos, shifted - log_denom[:, None], 0.0).sum(-1)
+        log_prob = jnp.where(pos, logits - log_denom[:, None], 0.0).sum(-1)
         per_anchor = -log_prob / jnp.maximum(n_label, 1)
         if reweight == "none":
             coef = jnp.ones_like(ious)

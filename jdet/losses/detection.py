@@ -24,6 +24,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jdet.dtypes import at_least_f32
+
 from jdet.assign import Assignment, center_assign, task_aligned_assign
 from jdet.boxes import bbox2dist, bbox_iou, dist2bbox
 from jdet.losses.box import WIoUState, ciou_loss, wiou_loss
@@ -170,8 +172,8 @@ def loss_terms(
       aux: {"wiou_state": WIoUState, "num_fg": [] i32, "target_score_sum": [] f32,
         "assignment": Assignment}.
     """
-    dist = outputs["dist"].astype(jnp.float32)
-    cls_logits = outputs["cls"].astype(jnp.float32)
+    dist = at_least_f32(outputs["dist"])
+    cls_logits = at_least_f32(outputs["cls"])
     anchors, strides = outputs["anchors"], outputs["strides"]
     bsz, num_anchors, _, num_bins = dist.shape
     num_classes = cls_logits.shape[-1]
@@ -231,7 +233,7 @@ def loss_terms(
         terms.update(_contrastive_terms(outputs, batch, cfg, assign, pred_boxes, target_boxes, class_mask))
     if "triplet_embed" in outputs:
         terms["triplet"] = batch_hard_triplet_loss(
-            outputs["triplet_embed"].astype(jnp.float32),
+            at_least_f32(outputs["triplet_embed"]),
             outputs["triplet_labels"],
             outputs.get("triplet_mask"),
             margin=cfg.triplet_margin,
@@ -247,7 +249,7 @@ def loss_terms(
 
 def _contrastive_terms(outputs, batch, cfg, assign, pred_boxes, target_boxes, class_mask):
     """supcon (prototype CE or SupCon) and CPE on up to k fg anchors per image."""
-    embed = outputs["embed"].astype(jnp.float32)  # [B, A, D]
+    embed = at_least_f32(outputs["embed"])  # [B, A, D]
     idx, valid = _sample_foreground(assign, cfg.max_contrast_per_image)  # [B, k]
     feats = _take(embed, idx)  # [B, k, D]
     ways = _take(assign.labels, idx)  # [B, k]
@@ -261,7 +263,7 @@ def _contrastive_terms(outputs, batch, cfg, assign, pred_boxes, target_boxes, cl
     if cfg.supcon_mode == "prototype" and "prototypes" in outputs:
         terms["supcon"] = prototype_contrastive_loss(
             feats,
-            outputs["prototypes"].astype(jnp.float32),
+            at_least_f32(outputs["prototypes"]),
             ways,
             valid,
             class_mask,

@@ -13,6 +13,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jdet.dtypes import at_least_f32
+
 
 def dfl_loss(logits: jax.Array, target: jax.Array) -> jax.Array:
     """Per-side DFL.
@@ -27,12 +29,12 @@ def dfl_loss(logits: jax.Array, target: jax.Array) -> jax.Array:
     chex.assert_rank(logits, target.ndim + 1)
     chex.assert_equal_shape_prefix([logits, target], target.ndim)
     num_bins = logits.shape[-1]
-    y = jnp.clip(target.astype(jnp.float32), 0.0, num_bins - 1 - 0.01)
+    y = jnp.clip(at_least_f32(target), 0.0, num_bins - 1 - 0.01)
     left = jnp.floor(y)
     w_right = y - left
     w_left = 1.0 - w_right
     left_i = jnp.clip(left.astype(jnp.int32), 0, num_bins - 2)  # int only for indexing
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    logp = jax.nn.log_softmax(at_least_f32(logits), axis=-1)
     lp_left = jnp.take_along_axis(logp, left_i[..., None], axis=-1)[..., 0]
     lp_right = jnp.take_along_axis(logp, left_i[..., None] + 1, axis=-1)[..., 0]
     return -(w_left * lp_left + w_right * lp_right)
@@ -40,5 +42,5 @@ def dfl_loss(logits: jax.Array, target: jax.Array) -> jax.Array:
 
 def dfl_expectation(logits: jax.Array) -> jax.Array:
     """Expected distance in bins from bin logits: [..., R] → [...] f32, in [0, R − 1]."""
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    return probs @ jnp.arange(logits.shape[-1], dtype=jnp.float32)
+    probs = jax.nn.softmax(at_least_f32(logits), axis=-1)
+    return probs @ jnp.arange(logits.shape[-1], dtype=probs.dtype)
