@@ -1,0 +1,156 @@
+"""YOLOv8 building blocks in Flax linen, NHWC.
+
+Follows ultralytics/nn/modules/conv.py (`Conv`) and block.py (`Bottleneck`, `C2f`, `SPPF`),
+8.3 era: Conv2d without bias + BatchNorm (eps 1e-3, momentum 0.03 in torch terms, i.e. flax
+momentum 0.97) + SiLU, "same" padding k // 2. Submodule names follow ultralytics' state-dict
+names (`conv`, `bn`, `cv1`, `cv2`, `m_0` …) so conversion is a renaming.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.97  # flax convention: ra = m·ra + (1 − m)·batch; torch momentum 0.03
+
+
+def make_divisible(x: float, divisor: int = 8) -> int:
+    """Smallest multiple of divisor ≥ x (ultralytics utils/ops.make_divisible)."""
+    return int(-(-x // divisor) * divisor)
+
+
+class ConvBNAct(nn.Module):
+    """Conv2d(k, s, pad k//2, no bias) → BatchNorm → SiLU (ultralytics `Conv`)."""
+
+    features: int
+    kernel: int = 1
+    stride: int = 1
+    groups: int = 1
+    act: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        pad = self.kernel // 2
+        x = nn.Conv(
+            self.features,
+            (self.kernel, self.kernel),
+            strides=(self.stride, self.stride),
+            padding=((pad, pad), (pad, pad)),
+            feature_group_count=self.groups,
+            use_bias=False,
+            dtype=self.dtype,
+            name="conv",
+        )(x)
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPS,
+            dtype=self.dtype,
+            name="bn",
+        )(x)
+        return nn.silu(x) if self.act else x
+
+
+class Bottleneck(nn.Module):
+    """Two 3×3 convs with an optional residual (ultralytics `Bottleneck`, e = 1.0 in C2f)."""
+
+    features: int
+    shortcut: bool = True
+    expansion: float = 0.5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        hidden = int(self.features * self.expansion)
+        y = ConvBNAct(hidden, 3, dtype=self.dtype, name="cv1")(x, train)
+        y = ConvBNAct(self.features, 3, dtype=self.dtype, name="cv2")(y, train)
+        return x + y if self.shortcut and x.shape[-1] == self.features else y
+
+
+class C2f(nn.Module):
+    """CSP bottleneck with 2 convs (ultralytics `C2f`): split, n bottlenecks, concat all."""
+
+    features: int
+    repeats: int = 1
+    shortcut: bool = False
+    expansion: float = 0.5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        hidden = int(self.features * self.expansion)
+        y = ConvBNAct(2 * hidden, 1, dtype=self.dtype, name="cv1")(x, train)
+        parts = [y[..., :hidden], y[..., hidden:]]
+        for i in range(self.repeats):
+            parts.append(
+                Bottleneck(hidden, self.shortcut, 1.0, dtype=self.dtype, name=f"m_{i}")(
+                    parts[-1], train
+                )
+            )
+        return ConvBNAct(self.features, 1, dtype=self.dtype, name="cv2")(
+            jnp.concatenate(parts, axis=-1), train
+        )
+
+
+class SPPF(nn.Module):
+    """Spatial pyramid pooling, fast (ultralytics `SPPF`): three chained 5×5 max-pools."""
+
+    features: int
+    pool: int = 5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        hidden = x.shape[-1] // 2
+        y = [ConvBNAct(hidden, 1, dtype=self.dtype, name="cv1")(x, train)]
+        pad = self.pool // 2
+        for _ in range(3):
+            y.append(
+                nn.max_pool(
+                    y[-1], (self.pool, self.pool), strides=(1, 1), padding=((pad, pad), (pad, pad))
+                )
+            )
+        return ConvBNAct(self.features, 1, dtype=self.dtype, name="cv2")(
+            jnp.concatenate(y, axis=-1), train
+        )
+
+
+def upsample2x(x: jax.Array) -> jax.Array:
+    """Nearest-neighbour ×2 upsampling, [B, H, W, C] → [B, 2H, 2W, C]."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class DetectBranch(nn.Module):
+    """Conv 3×3 → Conv 3×3 → Conv2d 1×1 with bias (one branch of ultralytics `Detect`)."""
+
+    hidden: int
+    out: int
+    bias_init: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = ConvBNAct(self.hidden, 3, dtype=self.dtype, name="0")(x, train)
+        x = ConvBNAct(self.hidden, 3, dtype=self.dtype, name="1")(x, train)
+        return nn.Conv(
+            self.out,
+            (1, 1),
+            dtype=self.dtype,
+            bias_init=nn.initializers.constant(self.bias_init),
+            name="2",
+        )(x)
+
+
+def detect_hidden(in_channels: Sequence[int], num_classes: int, reg_max: int) -> tuple[int, int]:
+    """Hidden widths (box, cls) of the Detect branches, as ultralytics computes them."""
+    c_box = max(16, in_channels[0] // 4, reg_max * 4)
+    c_cls = max(in_channels[0], min(num_classes, 100))
+    return c_box, c_cls
