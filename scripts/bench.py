@@ -1,6 +1,12 @@
 """Benchmarks that print tables (never timed assertions: this machine is shared and noisy).
 
     python3 scripts/bench.py losses [--batch 8] [--image 320] [--repeats 20]
+    python3 scripts/bench.py models [--batch 8] [--image 320] [--repeats 10]
+
+models: forward and forward+backward of the query branch (YOLOv8n, batch 8, 320²) and of the
+support encoders (DINOv3 ViT-S/16, DINOv2 ViT-S/14 on 3 references at 256²), jdet vs the
+PyTorch peers (ultralytics, transformers; random weights, same shapes, same process) when the
+`convert` extra is installed. torch uses all cores (torch.get_num_threads()).
 
 losses: a YOLOv8n-shaped head (`jdet.losses.probe`: strides 8/16/32, 2100 anchors at 320²,
 20 padded GT boxes, 17 DFL bins, 2 ways) at batch 8. Rows: the loss terms forward; forward +
@@ -93,6 +99,119 @@ def bench_losses(args) -> None:
         )
 
 
+def _torch_time(fn, repeats: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
+def _jdet_model_rows(name, module, x, repeats, *, has_bn):
+    variables = module.init(jax.random.PRNGKey(0), x)
+    fwd = jax.jit(lambda v, x: module.apply(v, x))
+
+    def loss(params, rest, x):
+        if has_bn:
+            out, _ = module.apply({"params": params, **rest}, x, train=True, mutable=["batch_stats"])
+        else:
+            out = module.apply({"params": params, **rest}, x)
+        return sum(jnp.sum(jnp.square(o.astype(jnp.float32))) for o in jax.tree.leaves(out))
+
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    bwd = jax.jit(jax.grad(loss))
+    return [
+        (name, "forward", *_time(fwd, variables, x, repeats=repeats)),
+        (name, "forward + backward", *_time(bwd, variables["params"], rest, x, repeats=repeats)),
+    ]
+
+
+def _torch_model_rows(name, model, x, repeats):
+    import torch
+
+    def fwd():
+        model.eval()
+        with torch.no_grad():
+            model(x)
+
+    def fwd_bwd():
+        model.train()
+        model.zero_grad(set_to_none=True)
+        out = model(x)
+        leaves = out if isinstance(out, (list, tuple)) else [getattr(out, "last_hidden_state", out)]
+        sum((o.float() ** 2).sum() for o in leaves if torch.is_tensor(o)).backward()
+
+    return [
+        (name, "forward", *_torch_time(fwd, repeats)),
+        (name, "forward + backward", *_torch_time(fwd_bwd, repeats)),
+    ]
+
+
+def _torch_peers(args):
+    """(rows, note) for ultralytics YOLOv8n and transformers DINOv3/DINOv2, or ([], why)."""
+    try:
+        import torch
+        from ultralytics.nn.tasks import DetectionModel
+    except ImportError:
+        return [], 'torch peers skipped: install the convert extra (pip install -e ".[convert]")'
+    rows = []
+    torch.manual_seed(0)
+    yolo = DetectionModel("yolov8n.yaml", nc=80, verbose=False)
+    rows += _torch_model_rows(
+        "YOLOv8n (ultralytics)", yolo, torch.rand(args.batch, 3, args.image, args.image), args.repeats
+    )
+    try:
+        from transformers import Dinov2Config, Dinov2Model, DINOv3ViTConfig, DINOv3ViTModel
+    except ImportError:
+        return rows, "transformers peers skipped: transformers not installed"
+    refs = torch.rand(3, 3, 256, 256)
+    v3 = DINOv3ViTModel(DINOv3ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                                        intermediate_size=1536, patch_size=16, num_register_tokens=4))
+    rows += _torch_model_rows("DINOv3 ViT-S/16 (transformers)", v3, refs, args.repeats)
+    v2 = Dinov2Model(Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                                  intermediate_size=1536, patch_size=14, image_size=518))
+    rows += _torch_model_rows("DINOv2 ViT-S/14 (transformers)", v2, refs, args.repeats)
+    return rows, f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def bench_models(args) -> None:
+    from jdet.models.yolo import YOLOv8
+
+    rows = _jdet_model_rows(
+        "YOLOv8n (jdet)", YOLOv8("n", 80), jnp.zeros((args.batch, args.image, args.image, 3)),
+        args.repeats, has_bn=True,
+    )
+    try:
+        from jdet.models.vit import ViT
+    except ImportError:
+        vit_note = "jdet ViT not available"
+    else:
+        vit_note = ""
+        refs = jnp.zeros((3, 256, 256, 3))
+        rows += _jdet_model_rows("DINOv3 ViT-S/16 (jdet)", ViT("dinov3-S/16"), refs, args.repeats, has_bn=False)
+        rows += _jdet_model_rows("DINOv2 ViT-S/14 (jdet)", ViT("dinov2-S/14"), refs, args.repeats, has_bn=False)
+    peer_rows, note = _torch_peers(args) if not args.no_torch else ([], "torch peers skipped (--no-torch)")
+    print(
+        f"jdet models benchmark: YOLOv8n batch {args.batch} at {args.image}², support encoders on 3 "
+        f"references at 256²; jax {jax.__version__} ({jax.devices()[0].platform}); {note}; "
+        f"median of {args.repeats}" + (f"; {vit_note}" if vit_note else "")
+    )
+    print()
+    peers = {(n.split(" (")[0], step): med for n, step, _, med in peer_rows}
+    print("| model | step | compile/first call (s) | time per call (ms) | jdet speed vs torch peer |")
+    print("|---|---|---:|---:|---:|")
+    for name, step, first, med in rows + peer_rows:
+        base = name.split(" (")[0]
+        ratio = ""
+        if name.endswith("(jdet)") and (base, step) in peers:
+            ratio = f"{peers[(base, step)] / med:.2f}×"
+        print(f"| {name} | {step} | {first:.2f} | {med * 1e3:.1f} | {ratio} |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -101,9 +220,16 @@ def main(argv=None) -> int:
     p.add_argument("--image", type=int, default=320)
     p.add_argument("--boxes", type=int, default=20)
     p.add_argument("--repeats", type=int, default=20)
+    p = sub.add_parser("models", help="query branch and support encoder, jdet vs torch")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--image", type=int, default=320)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--no-torch", action="store_true", help="skip the torch peers")
     args = parser.parse_args(argv)
     if args.what == "losses":
         bench_losses(args)
+    elif args.what == "models":
+        bench_models(args)
     return 0
 
 
