@@ -26,6 +26,21 @@ def make_divisible(x: float, divisor: int = 8) -> int:
     return int(-(-x // divisor) * divisor)
 
 
+class PointwiseConv(nn.Module):
+    """1×1 convolution without bias as a channel matmul; kernel [1, 1, C_in, C_out] like nn.Conv."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features), jnp.float32
+        )
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        return jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+
+
 class ConvBNAct(nn.Module):
     """Conv2d(k, s, pad k//2, no bias) → BatchNorm → SiLU (ultralytics `Conv`)."""
 
@@ -39,16 +54,21 @@ class ConvBNAct(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         pad = self.kernel // 2
-        x = nn.Conv(
-            self.features,
-            (self.kernel, self.kernel),
-            strides=(self.stride, self.stride),
-            padding=((pad, pad), (pad, pad)),
-            feature_group_count=self.groups,
-            use_bias=False,
-            dtype=self.dtype,
-            name="conv",
-        )(x)
+        if self.kernel == 1 and self.stride == 1 and self.groups == 1:
+            # A 1×1 convolution is a matmul over channels; XLA:CPU runs it ~15 % faster as a
+            # dot than as a convolution (YOLOv8n eval forward, batch 8, 320²). Same parameter.
+            x = PointwiseConv(self.features, dtype=self.dtype, name="conv")(x)
+        else:
+            x = nn.Conv(
+                self.features,
+                (self.kernel, self.kernel),
+                strides=(self.stride, self.stride),
+                padding=((pad, pad), (pad, pad)),
+                feature_group_count=self.groups,
+                use_bias=False,
+                dtype=self.dtype,
+                name="conv",
+            )(x)
         x = nn.BatchNorm(
             use_running_average=not train,
             momentum=BN_MOMENTUM,
