@@ -165,6 +165,9 @@ def _torch_peers(args):
         "YOLOv8n (ultralytics)", yolo, torch.rand(args.batch, 3, args.image, args.image), args.repeats
     )
     try:
+        from parity_vit import _import_transformers  # hides a broken torchvision wheel
+
+        _import_transformers()
         from transformers import Dinov2Config, Dinov2Model, DINOv3ViTConfig, DINOv3ViTModel
     except ImportError:
         return rows, "transformers peers skipped: transformers not installed"

@@ -130,13 +130,23 @@ def prototype_contrastive_loss(
       [] f32 mean over valid queries (0 if none).
     """
     chex.assert_rank(queries, prototypes.ndim)
-    num_protos = prototypes.shape[-2]
+    cosine = jnp.einsum("...qd,...nd->...qn", l2_normalize(queries), l2_normalize(prototypes))
+    return prototype_ce_from_cosine(cosine, labels, query_mask, proto_mask, temperature)
+
+
+def prototype_ce_from_cosine(
+    cosine: jax.Array,
+    labels: jax.Array,
+    query_mask: jax.Array,
+    proto_mask: jax.Array | None = None,
+    temperature: float = 0.07,
+) -> jax.Array:
+    """`prototype_contrastive_loss` from precomputed cosines [..., Q, N] (e.g. a model's
+    prototype head, whose prototype widths differ per scale)."""
+    num_protos = cosine.shape[-1]
     if proto_mask is None:
-        proto_mask = jnp.ones(prototypes.shape[:-1], bool)
-    q = l2_normalize(queries)
-    p = l2_normalize(prototypes)
-    logits = jnp.einsum("...qd,...nd->...qn", q, p) / temperature
-    logits = jnp.where(proto_mask[..., None, :], logits, NEG)
+        proto_mask = jnp.ones(cosine.shape[:-2] + (num_protos,), bool)
+    logits = jnp.where(proto_mask[..., None, :], at_least_f32(cosine) / temperature, NEG)
     logp = jax.nn.log_softmax(logits, axis=-1)
     labels = jnp.clip(labels, 0, num_protos - 1)
     nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]

@@ -30,7 +30,13 @@ from jdet.assign import Assignment, center_assign, task_aligned_assign
 from jdet.boxes import bbox2dist, bbox_iou, dist2bbox
 from jdet.losses.box import WIoUState, ciou_loss, wiou_loss
 from jdet.losses.cls import cls_loss
-from jdet.losses.contrastive import NEG, cpe_loss, prototype_contrastive_loss, supcon_loss
+from jdet.losses.contrastive import (
+    NEG,
+    cpe_loss,
+    prototype_ce_from_cosine,
+    prototype_contrastive_loss,
+    supcon_loss,
+)
 from jdet.losses.dfl import dfl_expectation, dfl_loss
 from jdet.losses.triplet import batch_hard_triplet_loss
 
@@ -156,7 +162,9 @@ def loss_terms(
         anchors: [A, 2] f32 anchor points in grid units; strides: [A, 1] f32 pixels;
         optional, for the contrastive terms:
         embed:      [B, A, D] per-anchor embeddings (supcon/cpe on sampled fg anchors);
-        prototypes: [B, N=C, D] support prototypes (prototype contrastive);
+        proto_cos:  [B, A, C] cosine of each anchor with each way's prototype (prototype
+                    contrastive; preferred over ``prototypes`` when both are given);
+        prototypes: [B, N=C, D] support prototypes, same width as embed (prototype contrastive);
         triplet_embed [T, D], triplet_labels [T] i32, triplet_mask [T] bool (batch-hard).
       batch: boxes [B, M, 4] f32 xyxy pixels; labels [B, M] i32 (way index); box_mask [B, M]
         bool; optional support_mask [B, C] bool (padded ways: excluded from cls and
@@ -260,7 +268,15 @@ def _contrastive_terms(outputs, batch, cfg, assign, pred_boxes, target_boxes, cl
     global_ids = ways if class_ids is None else jnp.take_along_axis(class_ids, ways, axis=1)
 
     terms = {}
-    if cfg.supcon_mode == "prototype" and "prototypes" in outputs:
+    if cfg.supcon_mode == "prototype" and "proto_cos" in outputs:
+        terms["supcon"] = prototype_ce_from_cosine(
+            _take(at_least_f32(outputs["proto_cos"]), idx),
+            ways,
+            valid,
+            class_mask,
+            temperature=cfg.supcon_temperature,
+        )
+    elif cfg.supcon_mode == "prototype" and "prototypes" in outputs:
         terms["supcon"] = prototype_contrastive_loss(
             feats,
             at_least_f32(outputs["prototypes"]),

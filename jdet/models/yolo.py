@@ -28,10 +28,12 @@ from jdet.models.layers import (
     upsample2x,
 )
 
-# scale → (depth multiple, width multiple, max channels), ultralytics yolov8.yaml; "t" is a
-# tiny test scale (channels 8/8/16/32/64), not an ultralytics model.
+# scale → (depth multiple, width multiple, max channels), ultralytics yolov8.yaml; "t" and
+# "t2" are tiny test scales (widths 8/8/16/32/64 and 8/16/32/64/128; RefDet's fusion needs ≥ 16
+# channels at P2, hence "t2"), not ultralytics models.
 SCALES: dict[str, tuple[float, float, int]] = {
     "t": (0.33, 0.0625, 1024),
+    "t2": (0.33, 0.125, 1024),
     "n": (0.33, 0.25, 1024),
     "s": (0.33, 0.50, 1024),
     "m": (0.67, 0.75, 768),

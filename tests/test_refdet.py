@@ -1,0 +1,168 @@
+"""The assembled RefDet: shapes, parameter budget, losses end to end, freezing, bf16."""
+
+import collections
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jdet.grads import diagnose
+from jdet.losses import LossConfig, loss_terms, weighted_total
+from jdet.models.refdet import RefDet, refdet_param_groups
+
+WEIGHTS = dict(box=7.5, cls=0.5, dfl=0.75, supcon=1.2, cpe=0.6, triplet=0.3)
+
+
+def _batch(b=2, n=2, k=3, hw=(320, 320), s=256, key=0):
+    keys = jax.random.split(jax.random.PRNGKey(key), 2)
+    boxes = jnp.array([[[20.0, 30.0, 60.0, 90.0], [0, 0, 0, 0]], [[5.0, 5.0, 40.0, 28.0], [30, 20, 60, 60]]])
+    boxes = boxes * (hw[0] / 64)
+    return dict(
+        query=jax.random.uniform(keys[0], (b, *hw, 3)),
+        support=jax.random.uniform(keys[1], (b, n, k, s, s, 3)),
+        support_mask=jnp.array([[True, True], [True, False]])[:b, :n],
+        boxes=boxes[:b],
+        labels=jnp.array([[0, 0], [0, 0]])[:b],
+        box_mask=jnp.array([[True, False], [True, True]])[:b],
+    )
+
+
+def _counts(params):
+    return {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in params.items()}
+
+
+# The original's printed summary (REFERENCE.md §2), and jdet's exact counts:
+#   support encoder 21.77M = timm DINOv3 ViT-S/16 21,586,944 + scale projections 185,760.
+#     jdet: HF DINOv3ViTModel 21,596,544 (+ q/v biases 9,216 and the unused mask token 384,
+#     both in the HF checkpoint) + projections 185,760.
+#   YOLOv8n 3.16M = ultralytics' whole model incl. its unused Detect head (897,648 + 16);
+#     jdet keeps backbone + neck: 2,259,536.
+#   fusion 0.78M = 776,160 (equal).  dual head 4.51M = 4,515,105; jdet 4,515,073 (no frozen
+#     16-weight DFL decoders).  triplet projection 99,072 (equal).
+#   jdet adds the FSCE-style contrastive head: 246,784.
+EXPECTED = dict(
+    support_encoder=21_596_544,
+    projections=185_760,
+    triplet_projection=99_072,
+    backbone=2_259_536,
+    fusion=776_160,
+    head=4_515_073,
+    contrastive=246_784,
+)
+
+
+def test_full_size_shapes_and_parameter_budget():
+    m = RefDet()
+    batch = _batch()
+    v = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), batch))
+    counts = _counts(v["params"])
+    print("\nRefDet parameters:", {k: f"{c / 1e6:.3f}M" for k, c in counts.items()})
+    assert counts == EXPECTED
+    total = sum(counts.values())
+    assert total == 29_678_929 and total < 50_000_000
+    for hw, anchors in [((320, 320), 8500), ((640, 640), 34000)]:
+        b = _batch(hw=hw)
+        out = jax.eval_shape(lambda v: m.apply(v, b), v)
+        assert out["dist"].shape == (2, anchors, 4, 17)
+        assert out["cls"].shape == out["proto_cos"].shape == (2, anchors, 2)
+        assert out["embed"].shape == (2, anchors, 128)
+        assert out["base_cls"].shape == (2, anchors, 80)
+        assert out["triplet_embed"].shape == (12, 256) and out["triplet_labels"].shape == (12,)
+        assert out["anchors"].shape == (anchors, 2) and out["strides"].shape == (anchors, 1)
+    groups = refdet_param_groups(v["params"], 6)
+    sizes = collections.Counter()
+    for g, leaf in zip(jax.tree.leaves(groups), jax.tree.leaves(v["params"])):
+        sizes[g] += leaf.size
+    # Patch embedding + first 6 blocks (+ CLS, registers, mask token): the original's 10.94M.
+    assert sizes["frozen"] == 10_946_688
+    assert sizes["heads"] == 4_515_073 + 185_760 + 99_072 + 246_784
+
+
+def _tiny(**kw):
+    return RefDet(yolo_scale="t2", encoder="dinov3-tiny", frozen_blocks=1, nc_base=3, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    m = _tiny()
+    batch = _batch(hw=(64, 64), s=32)
+    v = m.init(jax.random.PRNGKey(0), batch)
+    return m, batch, v
+
+
+def test_tiny_forward_losses_and_per_term_grads_finite(tiny):
+    m, batch, v = tiny
+    out = jax.jit(lambda v, b: m.apply(v, b))(v, batch)
+    # Padded way of image 1: −1e9 logits, zero cosine.
+    assert float(out["cls"][1, :, 1].max()) <= -1e8
+    assert float(jnp.abs(out["proto_cos"][1, :, 1]).max()) == 0.0
+    assert bool((jnp.abs(out["proto_cos"]) <= 1 + 1e-5).all())
+
+    def terms_fn(params, batch):
+        o, _ = m.apply({**v, "params": params}, batch, train=True, mutable=["batch_stats"])
+        return loss_terms(o, batch, LossConfig())[0]
+
+    report, grads = diagnose(terms_fn, v["params"], batch)
+    assert set(report["terms"]) == set(WEIGHTS)
+    assert report["all_finite"], report
+    # The triplet term reaches the support encoder's trainable blocks, never the frozen ones.
+    assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(grads["triplet"]["support_encoder"]["layer_1"])) > 0
+    assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves(grads["triplet"]["support_encoder"]["layer_0"]))
+
+
+def test_frozen_encoder_parameters_bit_identical_after_a_step(tiny):
+    m, batch, v = tiny
+    groups = refdet_param_groups(v["params"], 1)
+    lr = {"frozen": 0.0, "support_encoder": 1e-5, "backbone": 1e-4, "fusion": 2e-4, "heads": 2e-4}
+    tx = optax.multi_transform(
+        {g: (optax.set_to_zero() if g == "frozen" else optax.adamw(r, weight_decay=0.05)) for g, r in lr.items()},
+        groups,
+    )
+    opt_state = tx.init(v["params"])
+
+    def loss(params):
+        o, mutated = m.apply({**v, "params": params}, batch, train=True, mutable=["batch_stats"])
+        return weighted_total(loss_terms(o, batch)[0], WEIGHTS)
+
+    @jax.jit
+    def step(params, opt_state):
+        updates, _ = tx.update(jax.grad(loss)(params), opt_state, params)
+        return optax.apply_updates(params, updates)
+
+    new = step(v["params"], opt_state)
+    flat_old = jax.tree_util.tree_leaves_with_path(v["params"])
+    flat_new = jax.tree.leaves(new)
+    flat_groups = jax.tree.leaves(groups)
+    moved = collections.Counter()
+    for (path, old), nw, g in zip(flat_old, flat_new, flat_groups):
+        if g == "frozen":
+            np.testing.assert_array_equal(np.asarray(nw), np.asarray(old), err_msg=str(path))
+        else:
+            moved[g] += int(not np.array_equal(np.asarray(nw), np.asarray(old)))
+    assert all(moved[g] > 0 for g in ("support_encoder", "backbone", "fusion", "heads")), moved
+
+
+def test_untrained_projections_option_blocks_their_gradient(tiny):
+    _, batch, v = tiny
+    m = _tiny(train_projections=False)
+
+    def supcon(params):
+        o, _ = m.apply({**v, "params": params}, batch, train=True, mutable=["batch_stats"])
+        return loss_terms(o, batch)[0]["supcon"]
+
+    g = jax.jit(jax.grad(supcon))(v["params"])
+    assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves(g["projections"]))
+
+
+def test_bf16_compute_finite_and_close(tiny):
+    m, batch, v = tiny
+    ref = jax.jit(m.apply)(v, batch)
+    got = jax.jit(_tiny(dtype=jnp.bfloat16).apply)(v, batch)
+    for k in ("dist", "proto_cos", "embed"):
+        assert got[k].dtype == jnp.float32 and bool(jnp.isfinite(got[k]).all())
+        scale = float(jnp.abs(ref[k]).max())
+        np.testing.assert_allclose(got[k], ref[k], atol=0.1 * scale, err_msg=k)
+    terms, _ = loss_terms(got, batch)
+    assert all(bool(jnp.isfinite(t)) for t in terms.values())
