@@ -56,7 +56,8 @@ from ultralytics.utils.tal import TaskAlignedAssigner, make_anchors
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "tests" / "fixtures"
 REG_MAX = 16  # ultralytics DFL bins per side (0..15)
-MAX_TOTAL_BYTES = 1_000_000
+MAX_TOTAL_BYTES = 1_000_000  # the loss fixtures
+MAX_ALL_BYTES = 4_000_000  # with the model fixtures (--models)
 
 # Per-fixture stream numbers: the generator of fixture k is default_rng([seed, k]).
 STREAM = {
@@ -844,6 +845,11 @@ def main() -> None:
                          "(for triplet_batch_hard.npz and original_losses.npz)")
     ap.add_argument("--allow-other-ultralytics", action="store_true",
                     help="do not insist on an ultralytics 8.3.x release")
+    ap.add_argument("--models", action="store_true",
+                    help="also write the model forward-parity fixtures: yolo_tiny.npz "
+                         "(scripts/parity_yolo.py), dinov2/dinov3 tiny safetensors + vit_tiny.npz "
+                         "(scripts/parity_vit.py, needs transformers) and refdet_heads.npz "
+                         "(scripts/parity_refdet.py, needs --zalo-repo with src/models/)")
     args = ap.parse_args()
 
     check_versions(args.allow_other_ultralytics)
@@ -877,6 +883,25 @@ def main() -> None:
     else:
         print("  skipped triplet_batch_hard.npz, original_losses.npz (no --zalo-repo)")
 
+    total = sum(sizes.values())
+    print(f"loss fixtures: {total / 1024:.1f} KiB")
+    assert total < MAX_TOTAL_BYTES, "loss fixtures must stay under 1 MB"
+    if args.models:
+        sys.path.insert(0, str(Path(__file__).parent))
+        torch.set_default_dtype(torch.float32)  # the model fixtures are float32
+        from parity_vit import write_vit_fixtures
+        from parity_yolo import write_yolo_fixtures
+
+        written = write_yolo_fixtures(out, args.seed) + write_vit_fixtures(out, args.seed)
+        if args.zalo_repo:
+            from parity_refdet import write_refdet_fixtures
+
+            written += write_refdet_fixtures(out, args.seed, args.zalo_repo)
+        else:
+            print("  skipped refdet_heads.npz (no --zalo-repo)")
+        for path in written:
+            sizes[path.name] = path.stat().st_size
+
     manifest = {
         "generator": "scripts/make_parity_fixtures.py",
         "seed": args.seed,
@@ -890,7 +915,7 @@ def main() -> None:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     total = sum(sizes.values())
     print(f"total {total / 1024:.1f} KiB in {len(sizes)} files (+ manifest.json)")
-    assert total < MAX_TOTAL_BYTES, "fixtures must stay under 1 MB"
+    assert total < MAX_ALL_BYTES, "fixtures must stay a few MB in total"
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import pathlib
+import zipfile
 
 import numpy as np
 import torch
@@ -34,6 +36,17 @@ def build_tiny_detection_model(nc: int = 3):
     cfg["scale"] = "t"
     cfg["nc"] = nc
     return DetectionModel(cfg, ch=3, nc=nc, verbose=False)
+
+
+def _save_npz_deterministic(path: pathlib.Path, arrays: dict) -> None:
+    """np.savez_compressed with fixed member timestamps, so reruns are byte-identical."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(arrays[key]).copy(order="C"), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, buf.getvalue())
 
 
 def write_yolo_fixtures(out_dir: pathlib.Path, seed: int) -> list[pathlib.Path]:
@@ -75,7 +88,7 @@ def write_yolo_fixtures(out_dir: pathlib.Path, seed: int) -> list[pathlib.Path]:
         arrays[f"sd/{name}"] = t.numpy().astype(np.float16) if t.is_floating_point() else t.numpy()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "yolo_tiny.npz"
-    np.savez_compressed(path, **arrays)
+    _save_npz_deterministic(path, arrays)
     return [path]
 
 
