@@ -22,8 +22,8 @@ parameter counts, except for these deliberate differences:
   branch ``log(5 / nc / (640 / s)²)`` at stride s.
 
 Batch norms use torch's defaults (eps 1e-5, momentum 0.1), as the original's ``Conv`` builds a
-plain ``nn.BatchNorm2d``; that is why `jdet.models.layers.ConvBNAct` (ultralytics' 1e-3) is
-not used here. Module names mirror the torch state-dict names with container indices joined
+plain ``nn.BatchNorm2d``: `jdet.models.layers.ConvBNAct` / `DetectBranch` with torch's BN
+settings. Module names mirror the torch state-dict names with container indices joined
 by ``_`` (``standard_head.cv2.0.1.bn`` → ``standard_head/cv2_0/1/bn``), so
 `jdet.models.convert_refdet` is a renaming.
 """
@@ -38,7 +38,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jdet.models.fusion import SCALE_NAMES, TORCH_LN_EPS, batch_norm, conv2d, l2_normalize
+from jdet.models.fusion import (
+    SCALE_NAMES,
+    TORCH_BN_EPS,
+    TORCH_BN_MOMENTUM,
+    TORCH_LN_EPS,
+    conv2d,
+    l2_normalize,
+)
+from jdet.models.layers import ConvBNAct, DetectBranch
 
 Dtype = Any
 
@@ -94,38 +102,18 @@ class TripletProjection(nn.Module):
         return _layer_norm(self.dtype, "triplet_proj_1")(x)
 
 
-class ConvBN(nn.Module):
+def ConvBN(features: int, kernel: int = 1, dtype: Dtype = jnp.float32, name: str | None = None):
     """dual_head.py ``Conv``: Conv2d(k, pad k//2, no bias) → BatchNorm2d (torch eps) → SiLU."""
-
-    features: int
-    kernel: int = 1
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = conv2d(self.features, self.kernel, use_bias=False, dtype=self.dtype, name="conv")(x)
-        return nn.silu(batch_norm(train, self.dtype, "bn")(x))
+    return ConvBNAct(
+        features, kernel, dtype=dtype, bn_eps=TORCH_BN_EPS, bn_momentum=TORCH_BN_MOMENTUM, name=name
+    )
 
 
-class Branch(nn.Module):
+def Branch(hidden: int, out: int, bias_init: float, dtype: Dtype, name: str):
     """``Sequential(Conv 3×3, Conv 3×3, Conv2d 1×1 with bias)``: one box or class branch."""
-
-    hidden: int
-    out: int
-    bias_init: float = 0.0
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = ConvBN(self.hidden, 3, self.dtype, name="0")(x, train)
-        x = ConvBN(self.hidden, 3, self.dtype, name="1")(x, train)
-        return nn.Conv(
-            self.out,
-            (1, 1),
-            dtype=self.dtype,
-            bias_init=nn.initializers.constant(self.bias_init),
-            name="2",
-        )(x)
+    return DetectBranch(
+        hidden, out, bias_init, dtype, bn_eps=TORCH_BN_EPS, bn_momentum=TORCH_BN_MOMENTUM, name=name
+    )
 
 
 def box_hidden(in_channels: Sequence[int], num_bins: int) -> int:

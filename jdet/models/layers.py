@@ -42,7 +42,11 @@ class PointwiseConv(nn.Module):
 
 
 class ConvBNAct(nn.Module):
-    """Conv2d(k, s, pad k//2, no bias) → BatchNorm → SiLU (ultralytics `Conv`)."""
+    """Conv2d(k, s, pad k//2, no bias) → BatchNorm → SiLU (ultralytics `Conv`).
+
+    BatchNorm defaults to ultralytics' eps 1e-3 / momentum 0.03; the original RefDet head
+    modules use torch's defaults (bn_eps 1e-5, bn_momentum 0.9 in flax terms).
+    """
 
     features: int
     kernel: int = 1
@@ -50,6 +54,8 @@ class ConvBNAct(nn.Module):
     groups: int = 1
     act: bool = True
     dtype: Dtype = jnp.float32
+    bn_eps: float = BN_EPS
+    bn_momentum: float = BN_MOMENTUM
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -71,8 +77,8 @@ class ConvBNAct(nn.Module):
             )(x)
         x = nn.BatchNorm(
             use_running_average=not train,
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPS,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_eps,
             dtype=self.dtype,
             name="bn",
         )(x)
@@ -155,11 +161,14 @@ class DetectBranch(nn.Module):
     out: int
     bias_init: float = 0.0
     dtype: Dtype = jnp.float32
+    bn_eps: float = BN_EPS
+    bn_momentum: float = BN_MOMENTUM
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = ConvBNAct(self.hidden, 3, dtype=self.dtype, name="0")(x, train)
-        x = ConvBNAct(self.hidden, 3, dtype=self.dtype, name="1")(x, train)
+        bn = dict(dtype=self.dtype, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum)
+        x = ConvBNAct(self.hidden, 3, **bn, name="0")(x, train)
+        x = ConvBNAct(self.hidden, 3, **bn, name="1")(x, train)
         return nn.Conv(
             self.out,
             (1, 1),
