@@ -58,6 +58,9 @@ def check_yolo(args) -> bool:
 def check_vit(args, kind: str) -> bool:
     import jax.numpy as jnp
     import torch
+    from parity_vit import _import_transformers  # hides a broken torchvision wheel
+
+    _import_transformers()
     from transformers import AutoModel
 
     from jdet.models import convert
