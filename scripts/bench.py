@@ -2,6 +2,8 @@
 
     python3 scripts/bench.py losses [--batch 8] [--image 320] [--repeats 20]
     python3 scripts/bench.py models [--batch 8] [--image 320] [--repeats 10]
+    python3 scripts/bench.py step [--batch 8] [--image 320]     (full RefDet train step)
+    python3 scripts/bench.py data [--size 320x192 --query-size 320 --workers 0,2]   (bench_data.py)
 
 models: forward and forward+backward of the query branch (YOLOv8n, batch 8, 320²) and of the
 support encoders (DINOv3 ViT-S/16, DINOv2 ViT-S/14 on 3 references at 256²), jdet vs the
@@ -215,6 +217,50 @@ def bench_models(args) -> None:
         print(f"| {name} | {step} | {first:.2f} | {med * 1e3:.1f} | {ratio} |")
 
 
+def bench_step(args) -> None:
+    """Full RefDet train step (YOLOv8n + DINOv3 ViT-S/16, 6 terms, AdamW) on random data."""
+    import functools
+
+    from jdet.models.refdet import RefDet, refdet_param_groups
+    from jdet.optim import OptimConfig, make_optimizer
+    from jdet.steps import create_train_state, train_step
+
+    n, q, k = 2, args.batch // 2, 3
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    batch = dict(
+        query=jax.random.uniform(keys[0], (n * q, args.image, args.image, 3)),
+        support=jax.random.uniform(keys[1], (n * q, n, k, 256, 256, 3)),
+        support_mask=jnp.ones((n * q, n), bool),
+        boxes=jnp.tile(jnp.array([[[40.0, 50.0, 120.0, 160.0]]]), (n * q, 1, 1)),
+        labels=jnp.zeros((n * q, 1), jnp.int32),
+        box_mask=jnp.ones((n * q, 1), bool),
+    )
+    model = RefDet(support_groups=args.episodes)
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))["params"]
+    tx = make_optimizer(OptimConfig(total_steps=1000), params, refdet_param_groups(params, 6))
+    state = create_train_state(model, tx, jax.random.PRNGKey(0), batch)
+    weights = dict(box=7.5, cls=0.5, dfl=0.75, supcon=1.2, cpe=0.6, triplet=0.3)
+    step = jax.jit(functools.partial(train_step, loss_weights=weights), donate_argnums=0)
+    rng = jax.random.PRNGKey(1)
+    t0 = time.perf_counter()
+    state, m = step(state, batch, rng)
+    jax.block_until_ready(m)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        state, m = step(state, batch, rng)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    print(f"RefDet train step (YOLOv8n + DINOv3 ViT-S/16, {n}-way {k}-shot, {n * q} queries at "
+          f"{args.image}², support_groups={args.episodes}, 6 terms, AdamW); jax {jax.__version__} ({jax.devices()[0].platform})")
+    print()
+    print("| compile + first step (s) | step (s) | query images/s |")
+    print("|---:|---:|---:|")
+    print(f"| {first:.1f} | {med:.2f} | {n * q / med:.1f} |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -228,9 +274,24 @@ def main(argv=None) -> int:
     p.add_argument("--image", type=int, default=320)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--no-torch", action="store_true", help="skip the torch peers")
+    p = sub.add_parser("step", help="full RefDet train step")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--image", type=int, default=320)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--episodes", type=int, default=1,
+                   help="support_groups: episodes per batch sharing a support set (0: per query)")
+    from bench_data import add_arguments as add_data_arguments
+    from bench_data import bench_data
+
+    add_data_arguments(sub.add_parser("data", help="episodic input pipeline throughput"))
     args = parser.parse_args(argv)
+    if args.what == "data":
+        bench_data(args)
+        return 0
     if args.what == "losses":
         bench_losses(args)
+    elif args.what == "step":
+        bench_step(args)
     elif args.what == "models":
         bench_models(args)
     return 0

@@ -166,3 +166,18 @@ def test_bf16_compute_finite_and_close(tiny):
         np.testing.assert_allclose(got[k], ref[k], atol=0.1 * scale, err_msg=k)
     terms, _ = loss_terms(got, batch)
     assert all(bool(jnp.isfinite(t)) for t in terms.values())
+
+
+def test_shared_support_groups_match_per_query_encoding(tiny):
+    m, batch, v = tiny
+    # Two episodes of one query each would be trivial; make both queries share image 0's support.
+    shared = dict(batch, support=jnp.repeat(batch["support"][:1], 2, 0),
+                  support_mask=jnp.repeat(batch["support_mask"][:1], 2, 0))
+    ref = jax.jit(m.apply)(v, shared)
+    got = jax.jit(_tiny(support_groups=1).apply)(v, shared)
+    for key in ("dist", "cls", "proto_cos", "embed"):
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-5, err_msg=key)
+    assert got["triplet_embed"].shape[0] == ref["triplet_embed"].shape[0] // 2
+    np.testing.assert_allclose(got["triplet_embed"], ref["triplet_embed"][: got["triplet_embed"].shape[0]], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="support_groups"):
+        _tiny(support_groups=3).apply(v, shared)

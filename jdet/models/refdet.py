@@ -71,6 +71,10 @@ class RefDet(nn.Module):
       fusion_out, num_heads: fused widths and attention heads, as in the original.
       contrastive_dim: width of the per-anchor contrastive embeddings (128, as FSCE).
       train_projections: let gradients reach the scale projections (the original did not).
+      support_groups: 0 = every query image has its own support set (encode B·N·K photos);
+        E > 0 = the batch is E episodes of B/E consecutive queries that share one support set
+        (the episodic pipeline's layout), so only E·N·K photos go through the ViT — the
+        support of the first query of each episode is used for all of its queries.
       dtype: compute dtype; parameters stay float32, outputs used by losses are float32.
 
     `__call__(batch, train=False)` with
@@ -88,7 +92,8 @@ class RefDet(nn.Module):
       anchors    [A, 2] grid units; strides [A, 1]
       base_dist  [B, A, 4, num_bins], base_cls [B, A, nc_base] (when nc_base > 0)
       prototypes {p2..p5: [B, N, d]} unit-norm prototypes (cacheable per video)
-      triplet_embed [B·N·K, 256], triplet_labels [B·N·K] i32, triplet_mask [B·N·K] bool
+      triplet_embed [B'·N·K, 256], triplet_labels [B'·N·K] i32, triplet_mask [B'·N·K] bool
+        with B' = B, or E when support_groups = E
     """
 
     yolo_scale: str = "n"
@@ -101,6 +106,7 @@ class RefDet(nn.Module):
     num_heads: int = 4
     contrastive_dim: int = 128
     train_projections: bool = True
+    support_groups: int = 0
     dtype: Any = jnp.float32
 
     def setup(self):
@@ -143,15 +149,30 @@ class RefDet(nn.Module):
         b, n, k = support.shape[:3]
         support_mask = batch.get("support_mask")
         support_mask = jnp.ones((b, n), bool) if support_mask is None else support_mask.astype(bool)
-        enc = self.encode_support(support, support_mask)
+        if self.support_groups:
+            if b % self.support_groups:
+                raise ValueError(
+                    f"batch of {b} queries is not {self.support_groups} equal episodes "
+                    "(model.support_groups)"
+                )
+            per = b // self.support_groups
+            enc = self.encode_support(support[::per], support_mask[::per])
+            enc = dict(
+                prototypes={s: jnp.repeat(p, per, axis=0) for s, p in enc["prototypes"].items()},
+                triplet_embed=enc["triplet_embed"],
+            )
+            trip_mask, trip_rows = support_mask[::per], slice(None, None, per)
+        else:
+            enc = self.encode_support(support, support_mask)
+            trip_mask, trip_rows = support_mask, slice(None)
         out = self.detect(query, enc["prototypes"], support_mask, batch.get("query_way"), train)
         class_ids = batch.get("class_ids")
         labels = jnp.broadcast_to(jnp.arange(n)[None, :], (b, n)) if class_ids is None else class_ids
         out.update(
             prototypes=enc["prototypes"],
             triplet_embed=enc["triplet_embed"],
-            triplet_labels=jnp.repeat(labels.reshape(-1), k).astype(jnp.int32),
-            triplet_mask=jnp.repeat(support_mask.reshape(-1), k),
+            triplet_labels=jnp.repeat(labels[trip_rows].reshape(-1), k).astype(jnp.int32),
+            triplet_mask=jnp.repeat(trip_mask.reshape(-1), k),
         )
         return out
 
