@@ -1,7 +1,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from jdet.assign import center_assign, points_in_boxes, task_aligned_assign
 from jdet.boxes import make_anchors

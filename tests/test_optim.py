@@ -1,7 +1,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jdet.optim import OptimConfig, decay_mask, learning_rate_schedule, make_optimizer
