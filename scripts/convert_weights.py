@@ -66,9 +66,12 @@ def main(argv=None) -> int:
             variables = convert.yolo_from_torch(state, scale, nc)
             meta = dict(kind="yolo", scale=scale, num_classes=nc)
         else:
+            from jdet.models import convert_hf
+
             fn = convert.dinov2_from_safetensors if kind == "dinov2" else convert.dinov3_from_safetensors
             variables = {"params": fn(src, args.variant)}
-            meta = dict(kind=kind, variant=args.variant)
+            variant = args.variant or convert_hf.infer_variant(convert_hf.load_safetensors(src), kind)
+            meta = dict(kind=kind, variant=variant)
     except ValueError as e:
         print(f"error: {src}: {e}", file=sys.stderr)
         return 1

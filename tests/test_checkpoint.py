@@ -24,3 +24,22 @@ def test_converted_weights_roundtrip(tmp_path):
 def test_load_variables_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="convert_weights.py"):
         load_variables(tmp_path)
+
+
+def test_convert_weights_cli_on_hf_safetensors(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "convert_weights", FIXTURES.parent.parent / "scripts" / "convert_weights.py"
+    )
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    out = tmp_path / "w"
+    assert cli.main([str(FIXTURES / "dinov3_tiny.safetensors"), "--kind", "dinov3", "--out", str(out)]) == 0
+    variables, meta = load_variables(out)
+    assert meta["kind"] == "dinov3" and meta["variant"] == "dinov3-tiny"
+    assert meta["counts"]["params"] > 0 and "params" in variables
+    # A missing source and a .safetensors without --kind are usage errors (exit 2).
+    assert cli.main([str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x")]) == 2
+    assert cli.main([str(FIXTURES / "dinov3_tiny.safetensors"), "--out", str(tmp_path / "y")]) == 2
+    assert "--kind" in capsys.readouterr().err
