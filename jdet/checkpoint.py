@@ -1,8 +1,10 @@
 """Checkpoint I/O with orbax.
 
-For now: converted weights (`scripts/convert_weights.py`) saved as an orbax pytree plus a
-`jdet_meta.json` saying what they are, and loaded back for `config.init`. The training
-CheckpointManager (state, data iterator, config; last N + best) builds on this.
+Converted weights (`scripts/convert_weights.py`) are saved as an orbax pytree plus a
+`jdet_meta.json` saying what they are, and loaded back for `config.init`. Training runs use
+`RunCheckpoints`: an orbax CheckpointManager under workdir/checkpoints/<step>/ holding the
+TrainState pytree (step, params, batch_stats, opt_state, wiou_state), the data-iterator state
+and the resolved config (both JSON); the last N are kept, saves are asynchronous.
 """
 
 from __future__ import annotations
@@ -49,3 +51,156 @@ def load_variables(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, 
     with ocp.StandardCheckpointer() as ckptr:
         variables = ckptr.restore(path / TREE)
     return variables, meta
+
+
+STATE, DATA, CONFIG = "state", "data", "config"
+
+
+def state_tree(state: Any) -> dict[str, Any]:
+    """The checkpointed part of a `jdet.steps.TrainState` (its arrays, not its callables)."""
+    return dict(
+        step=state.step,
+        params=state.params,
+        batch_stats=state.batch_stats,
+        opt_state=state.opt_state,
+        wiou_state=state.wiou_state,
+    )
+
+
+class RunCheckpoints:
+    """CheckpointManager for one run directory: save/restore state + data state + config."""
+
+    def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, async_save: bool = True):
+        self.directory = pathlib.Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=(STATE, DATA, CONFIG)
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_state: dict, config: dict) -> None:
+        """Start an (asynchronous) save of step `step`."""
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    STATE: ocp.args.StandardSave(state_tree(state)),
+                    DATA: ocp.args.JsonSave(data_state),
+                    CONFIG: ocp.args.JsonSave(config),
+                }
+            ),
+        )
+
+    def restore(self, state: Any, step: int | None = None) -> tuple[Any, dict, int]:
+        """(state with the saved arrays, data-iterator state, step); `state` (arrays or
+        jax.ShapeDtypeStructs with shardings) gives structure, shapes and shardings."""
+        step = self.manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        target = jax.tree.map(_abstract, state_tree(state))
+        out = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{STATE: ocp.args.StandardRestore(target), DATA: ocp.args.JsonRestore()}
+            ),
+        )
+        return state.replace(**out[STATE]), out[DATA], step
+
+    def restore_params(self, step: int | None = None) -> dict[str, Any]:
+        """{"params", "batch_stats"} of a checkpoint as host arrays (for `config.init`)."""
+        step = self.manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        tree = self.manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore()}))
+        return {k: tree[STATE][k] for k in ("params", "batch_stats")}
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def _abstract(x: Any) -> Any:
+    if isinstance(x, jax.Array):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    return x  # already abstract
+
+
+def find_checkpoints(path: str | pathlib.Path) -> pathlib.Path | None:
+    """The checkpoint-manager folder for `path`: a run directory (path/checkpoints) or the
+    manager folder itself; None when neither holds a checkpoint."""
+    path = pathlib.Path(path).absolute()
+    for candidate in (path / "checkpoints", path):
+        if candidate.is_dir() and any(p.name.isdigit() for p in candidate.iterdir()):
+            return candidate
+    return None
+
+
+# Where a converted weights folder's tree sits inside RefDet's variables (by meta["kind"]).
+INIT_PREFIX = {"yolo": "backbone", "dinov2": "support_encoder", "dinov3": "support_encoder"}
+
+
+def load_init_variables(path: str | pathlib.Path) -> tuple[dict[str, Any], str]:
+    """(variables, prefix) for `config.init`: a weights folder (scripts/convert_weights.py;
+    prefix = the RefDet submodule it belongs to) or a run / checkpoint folder (prefix "")."""
+    path = pathlib.Path(path).absolute()
+    if (path / META).exists():
+        variables, meta = load_variables(path)
+        return variables, INIT_PREFIX.get(meta.get("kind"), "")
+    ckpts = find_checkpoints(path)
+    if ckpts is None:
+        raise FileNotFoundError(
+            f"init={path} is neither a jdet weights folder ({META}) nor a run directory or "
+            "checkpoint folder with numbered checkpoints"
+        )
+    manager = RunCheckpoints(ckpts, async_save=False)
+    try:
+        return manager.restore_params(), ""
+    finally:
+        manager.close()
+
+
+def graft(target: dict[str, Any], source: dict[str, Any], prefix: str = "") -> tuple[dict, int, list[str]]:
+    """Copy the leaves of `source` into `target` (nested dicts) under `prefix` ("a/b").
+
+    Leaves are matched by path; a source leaf whose path is missing in target or whose shape
+    differs is left out and named in the returned list. Returns (new target, number of leaves
+    copied, skipped paths).
+    """
+    flat_target = _flatten(target)
+    copied, skipped = 0, []
+    for path, value in _flatten(source).items():
+        full = f"{prefix}/{path}" if prefix else path
+        if full in flat_target and np.shape(flat_target[full]) == np.shape(value):
+            flat_target[full] = np.asarray(value, dtype=np.asarray(flat_target[full]).dtype)
+            copied += 1
+        else:
+            skipped.append(full)
+    return _unflatten(flat_target), copied, skipped
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(_flatten(value, path))
+        else:
+            out[path] = value
+    return out
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return tree

@@ -8,7 +8,6 @@ on `optax.apply_if_finite` and host-side checks at log steps.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import chex

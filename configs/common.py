@@ -1,0 +1,129 @@
+"""Shared config builder: `base_config()` returns every field a recipe may set.
+
+Sections in order (DESIGN.md §4): seed, data, model, loss, optim, train, eval, debug, then
+`init` and `resume`. Durations are in steps. Recipes (`configs/*.py`) start from
+`base_config()`, change what they need and return `finalize(config)`, which validates the
+config (ValueError naming the field) and locks it so a typo on the command line fails with a
+suggestion before anything compiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from jdet.losses import TERM_NAMES, LossConfig
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults: the original RefDet stage-2 recipe (REFERENCE.md §3–4) on synthetic data."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    # "synthetic": generate `data.synthetic` videos into cache_dir/raw on first use;
+    # otherwise a raw challenge-layout folder (jdet.data.zalo) to build from.
+    c.data.source = "synthetic"
+    c.data.cache_dir = ""  # "" = <workdir>/data; holds raw/ (synthetic) and tfds/
+    c.data.val_fraction = 0.0
+    c.data.synthetic = ml_collections.ConfigDict(
+        dict(num_videos=8, frames=80, width=320, height=192, reference_size=256)
+    )
+    c.data.n_way = 2
+    c.data.k_shot = 3
+    c.data.q_query = 4
+    c.data.query_size = 320
+    c.data.support_size = 256
+    c.data.max_boxes = 8
+    c.data.augment = True
+    c.data.mosaic_prob = 0.5
+    c.data.negative_ratio = 0.25
+    c.data.episodes_per_epoch = 500
+    c.data.worker_count = 0
+    c.data.num_threads = 2
+
+    c.model = ml_collections.ConfigDict()
+    c.model.yolo_scale = "n"
+    c.model.encoder = "dinov3-S/16"
+    c.model.frozen_blocks = 6
+    c.model.nc_base = 80
+    c.model.dtype = "float32"
+
+    c.loss = ml_collections.ConfigDict(
+        dict(box=7.5, cls=0.5, dfl=0.75, supcon=1.2, cpe=0.6, triplet=0.3)
+    )
+    c.loss.cfg = ml_collections.ConfigDict(dataclasses.asdict(LossConfig()))
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-4
+    c.optim.weight_decay = 0.05
+    c.optim.warmup_steps = 0
+    c.optim.final_lr_fraction = 0.01
+    c.optim.clip_norm = 5.0
+    c.optim.group_lr = ml_collections.ConfigDict(
+        dict(support_encoder=0.1, backbone=1.0, fusion=2.0, heads=2.0)
+    )
+
+    c.train = ml_collections.ConfigDict()
+    c.train.total_steps = 75_000  # 150 epochs × 500 episodes (REFERENCE.md §4)
+    c.train.batch_size = 8  # = episodes_per_batch · n_way · q_query
+    c.train.log_every_steps = 50
+    c.train.ckpt_every_steps = 1000
+    c.train.eval_every_steps = 0  # 0: no evaluation (evaluation is a later issue)
+    c.train.keep_ckpts = 3
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.num_batches = 0
+
+    c.debug = ml_collections.ConfigDict()
+    c.debug.grad_check_every = 0  # 0: only at step 0
+    c.debug.check_nans = True  # fetch the skip flag every step; dump non-finite batches
+    c.debug.max_bad_steps = 10  # stop after this many consecutive non-finite steps
+
+    c.init = ""  # weights folder (scripts/convert_weights.py) or checkpoint: params only
+    c.resume = ""  # a run directory or checkpoint folder to continue from (full state)
+    return c
+
+
+def episodes_per_batch(config: ml_collections.ConfigDict) -> int:
+    """train.batch_size // (n_way · q_query), after `validate`."""
+    return config.train.batch_size // (config.data.n_way * config.data.q_query)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """ValueError naming the first invalid field."""
+    d, t = config.data, config.train
+    per_episode = d.n_way * d.q_query
+    if t.batch_size < 1 or t.batch_size % per_episode:
+        raise ValueError(
+            f"train.batch_size={t.batch_size} must be a positive multiple of "
+            f"data.n_way·data.q_query = {per_episode} (episodes_per_batch · N · Q)"
+        )
+    for name in ("total_steps", "log_every_steps", "ckpt_every_steps", "keep_ckpts"):
+        if getattr(t, name) < 1:
+            raise ValueError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+    if t.eval_every_steps < 0:
+        raise ValueError(f"train.eval_every_steps must be >= 0, got {t.eval_every_steps}")
+    for name in TERM_NAMES:
+        if config.loss[name] < 0:
+            raise ValueError(f"loss.{name} must be >= 0, got {config.loss[name]}")
+    if config.debug.grad_check_every < 0:
+        raise ValueError(
+            f"debug.grad_check_every must be >= 0, got {config.debug.grad_check_every}"
+        )
+    if config.debug.max_bad_steps < 1:
+        raise ValueError(f"debug.max_bad_steps must be >= 1, got {config.debug.max_bad_steps}")
+    if not d.source:
+        raise ValueError('data.source must be "synthetic" or a raw dataset folder')
+    if config.model.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"model.dtype must be float32 or bfloat16, got {config.model.dtype!r}")
+    if config.init and config.resume:
+        raise ValueError("set at most one of init (params only) and resume (full state)")
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Validate and lock (unknown fields then fail with a suggestion)."""
+    validate(config)
+    config.lock()
+    return config

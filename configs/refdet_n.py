@@ -1,0 +1,36 @@
+"""YOLOv8n-RefDet, the original's three stages (REFERENCE.md §3–4).
+
+    python -m jdet.train --config configs/refdet_n.py:stage=1 --workdir runs/s1 --config.data.source=DATA
+    python -m jdet.train --config configs/refdet_n.py:stage=2 --workdir runs/s2 --config.init=runs/s1
+    python -m jdet.train --config configs/refdet_n.py:stage=3 --workdir runs/s3 --config.init=runs/s2
+
+Stage 1: box, cls, dfl only. Stage 2: all six terms (bbox 7.5, cls 0.5, dfl 0.75, supcon 1.2,
+cpe 0.6, triplet 0.3), AdamW lr 1e-4, wd 0.05, group lr 0.1/1/2/2, cosine to 0.01×, clip 5.0.
+Stage 3: lr 3e-5, supcon 0.4, triplet 0.6, clip 10.0. Stage k+1 starts from stage k's params
+through `config.init` (a run directory's latest checkpoint or a weights folder).
+
+Hardware, wall time and metric: not measured yet.
+"""
+
+from configs.common import base_config, finalize
+
+
+def get_config(arg: str | None = None):
+    stage = _parse_stage(arg)
+    c = base_config()
+    c.data.source = "synthetic"
+    if stage == 1:
+        c.loss.update(dict(supcon=0.0, cpe=0.0, triplet=0.0))
+    elif stage == 3:
+        c.optim.lr = 3e-5
+        c.optim.clip_norm = 10.0
+        c.loss.update(dict(supcon=0.4, triplet=0.6))
+    return finalize(c)
+
+
+def _parse_stage(arg: str | None) -> int:
+    text = (arg or "stage=2").strip()
+    key, _, value = text.partition("=")
+    if key != "stage" or value not in ("1", "2", "3"):
+        raise ValueError(f"configs/refdet_n.py takes stage=1|2|3, got {arg!r}")
+    return int(value)

@@ -1,0 +1,323 @@
+"""The training loop: `train_and_evaluate(config, workdir)` (DESIGN.md §3, §5).
+
+Data parallel over all devices: a ("data",) mesh, the batch sharded on "data", the TrainState
+replicated, one `jax.jit(train_step)` with donated state. Resume order: the latest checkpoint
+in workdir → `config.resume` → `config.init` (params only) → scratch; the step RNG is
+`fold_in(root, step)` and the data iterator's position is checkpointed, so a resumed run
+continues bit-identically.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jdet import checkpoint, checks
+from jdet.data.episodes import EpisodeConfig
+from jdet.losses import TERM_NAMES, LossConfig
+from jdet.metrics import MetricsWriter, train_record
+from jdet.models.refdet import RefDet, refdet_param_groups
+from jdet.optim import OptimConfig, learning_rate_schedule, make_optimizer
+from jdet.plots import plot_run
+from jdet.steps import create_train_state, train_step
+
+
+def episode_config(config: ml_collections.ConfigDict) -> EpisodeConfig:
+    d = config.data
+    per_episode = d.n_way * d.q_query
+    if config.train.batch_size % per_episode:
+        raise ValueError(
+            f"train.batch_size={config.train.batch_size} must be a multiple of "
+            f"data.n_way·data.q_query = {per_episode}"
+        )
+    return EpisodeConfig(
+        n_way=d.n_way,
+        k_shot=d.k_shot,
+        q_query=d.q_query,
+        query_size=d.query_size,
+        support_size=d.support_size,
+        max_boxes=d.max_boxes,
+        augment=d.augment,
+        mosaic_prob=d.mosaic_prob,
+        negative_ratio=d.negative_ratio,
+        episodes_per_epoch=d.episodes_per_epoch,
+        episodes_per_batch=config.train.batch_size // per_episode,
+    )
+
+
+def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
+    return LossConfig(**config.loss.cfg.to_dict())
+
+
+def loss_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
+    return {name: float(config.loss[name]) for name in TERM_NAMES}
+
+
+def optim_config(config: ml_collections.ConfigDict) -> OptimConfig:
+    o = config.optim
+    return OptimConfig(
+        lr=o.lr,
+        weight_decay=o.weight_decay,
+        warmup_steps=o.warmup_steps,
+        total_steps=config.train.total_steps,
+        final_lr_fraction=o.final_lr_fraction,
+        clip_norm=o.clip_norm,
+        group_lr=o.group_lr.to_dict(),
+        max_consecutive_nonfinite=config.debug.max_bad_steps,
+    )
+
+
+def make_model(config: ml_collections.ConfigDict) -> RefDet:
+    m = config.model
+    return RefDet(
+        yolo_scale=m.yolo_scale,
+        encoder=m.encoder,
+        frozen_blocks=m.frozen_blocks,
+        nc_base=m.nc_base,
+        num_bins=config.loss.cfg.num_bins,
+        support_groups=episode_config(config).episodes_per_batch,
+        dtype=jnp.dtype(m.dtype),
+    )
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
+    """The TFDS folder to read, generating the synthetic videos and building it if missing."""
+    from jdet.data import synthetic, tfds_builder
+
+    cache = pathlib.Path(config.data.cache_dir or workdir / "data").expanduser()
+    if config.data.source == "synthetic":
+        src = cache / "raw"
+        if not (src / "synthetic.json").exists():
+            print(f"generating synthetic videos into {src}", flush=True)
+            synthetic.generate(
+                src, seed=config.seed, overwrite=True, **config.data.synthetic.to_dict()
+            )
+    else:
+        src = pathlib.Path(config.data.source).expanduser()
+    data_dir = cache / "tfds"
+    tfds_builder.build_dataset(
+        src, data_dir, val_fraction=config.data.val_fraction, seed=config.seed
+    )
+    return data_dir
+
+
+def make_mesh(batch_size: int) -> tuple[jax.sharding.Mesh, Any, Any]:
+    """(mesh, replicated sharding, batch sharding) over all devices."""
+    n = jax.device_count()
+    if batch_size % n:
+        raise ValueError(
+            f"train.batch_size={batch_size} is not divisible by the {n} devices: choose a "
+            f"multiple of {n} (each device takes an equal share of the batch)"
+        )
+    mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    P = jax.sharding.PartitionSpec
+    return mesh, jax.NamedSharding(mesh, P()), jax.NamedSharding(mesh, P("data"))
+
+
+def _step_inputs(batch: dict) -> dict:
+    return {k: np.asarray(v) for k, v in batch.items()}
+
+
+def initial_state(config, model, example: dict, workdir: pathlib.Path, repl):
+    """(state, data_state or None, source): resume order of DESIGN.md §5."""
+    rng = jax.random.PRNGKey(config.seed)
+    params_shape = jax.eval_shape(lambda: model.init(rng, example))["params"]
+    groups = refdet_param_groups(params_shape, config.model.frozen_blocks)
+    tx = make_optimizer(optim_config(config), params_shape, groups)
+    create = jax.jit(lambda b: create_train_state(model, tx, rng, b), out_shardings=repl)
+    for source in (workdir / "checkpoints", config.resume):
+        folder = checkpoint.find_checkpoints(source) if source else None
+        if folder is not None:
+            # Restoring needs only the structure, shapes and shardings (no init compile).
+            target = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
+                jax.eval_shape(create, example),
+            )
+            manager = checkpoint.RunCheckpoints(folder, async_save=False)
+            try:
+                state, data_state, step = manager.restore(target)
+            finally:
+                manager.close()
+            return state, data_state, f"resumed from {folder} at step {step}"
+    state = create(example)
+    if config.init:
+        return _init_params(config, state, tx, repl), None, f"initialised params from {config.init}"
+    return state, None, "from scratch"
+
+
+def _init_params(config, state, tx, repl):
+    """`config.init`: graft a weights folder or another run's params (+ BatchNorm statistics)
+    into the fresh state; the optimiser starts anew."""
+    variables, prefix = checkpoint.load_init_variables(config.init)
+    host = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    total = 0
+    for collection in ("params", "batch_stats"):
+        if not variables.get(collection):
+            continue
+        host[collection], copied, skipped = checkpoint.graft(
+            host[collection], variables[collection], prefix
+        )
+        total += copied
+        if skipped:
+            print(
+                f"init: {len(skipped)} {collection} leaves of {config.init} do not fit the "
+                f"model and were left out (first: {skipped[:3]})",
+                flush=True,
+            )
+    if total == 0:
+        raise ValueError(f"init={config.init}: no parameter fits this model (prefix {prefix!r})")
+    params = jax.device_put(host["params"], repl)
+    return state.replace(
+        params=params,
+        batch_stats=jax.device_put(host["batch_stats"], repl),
+        opt_state=jax.jit(tx.init, out_shardings=repl)(params),
+    )
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, check_only: bool = False
+) -> dict[str, Any]:
+    """Train `config` in `workdir` (see the module docstring); returns a summary dict.
+
+    check_only: run the first batch only (expected loss at init + per-term gradient check);
+    the summary's "ok" is False when a term or gradient is not finite or a term is more than
+    2× off what uniform logits give.
+    """
+    from jdet.data.pipeline import make_iterator
+
+    workdir = pathlib.Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    ecfg = episode_config(config)
+    _, repl, data_sharding = make_mesh(config.train.batch_size)
+    data_dir = prepare_data(config, workdir)
+    iterator = make_iterator(
+        data_dir,
+        "train",
+        ecfg,
+        seed=config.seed,
+        worker_count=config.data.worker_count,
+        num_threads=config.data.num_threads,
+    )
+    example = _step_inputs(next(iterator))
+    model = make_model(config)
+    state, data_state, origin = initial_state(config, model, example, workdir, repl)
+    iterator.set_state(
+        data_state or {"position": 0, "signature": iterator.get_state()["signature"]}
+    )
+    print(
+        f"jdet: {origin}; {jax.device_count()} device(s) ({jax.devices()[0].platform})", flush=True
+    )
+    root_rng = jax.random.PRNGKey(config.seed + 1)
+    lcfg, weights = loss_config(config), loss_weights(config)
+    if check_only:
+        iterator.close()
+        return _check_first_batch(config, state, example, root_rng, lcfg, workdir, data_sharding)
+    try:
+        return _loop(config, workdir, state, iterator, root_rng, lcfg, weights, repl, data_sharding)
+    finally:
+        iterator.close()
+
+
+def _check_first_batch(config, state, example, root_rng, lcfg, workdir, data_sharding) -> dict:
+    """--check: expected loss at init, per-term gradient table, grad_report.json."""
+    batch = jax.device_put(example, data_sharding)
+    rng = jax.random.fold_in(root_rng, state.step)
+    stats = checks.init_statistics(state, batch, rng, lcfg)
+    expected = checks.expected_init_losses(lcfg, stats)
+    print(
+        f"first batch: {stats['num_fg']:.0f} foreground anchors, task-aligned score sum "
+        f"{stats['target_score_sum']:.4g}; expected at uniform logits: "
+        + ", ".join(f"{k} ≈ {v:.4g}" for k, v in expected.items()),
+        flush=True,
+    )
+    report = checks.grad_check(state, batch, rng, lcfg, workdir, int(state.step))
+    warnings, errors = checks.init_loss_check(stats["terms"], expected)
+    for line in warnings:
+        print(f"warning: {line}", flush=True)
+    for line in errors:
+        print(f"error: {line}", flush=True)
+    ok = report["all_finite"] and not errors
+    return {
+        "ok": ok,
+        "warnings": warnings,
+        "errors": errors,
+        "report": report,
+        "expected": expected,
+        "init": stats,
+    }
+
+
+def _loop(config, workdir, state, iterator, root_rng, lcfg, weights, repl, data_sharding) -> dict:
+    from tqdm import tqdm
+
+    step_fn = jax.jit(
+        functools.partial(train_step, loss_weights=weights, loss_cfg=lcfg),
+        in_shardings=(repl, data_sharding, repl),
+        out_shardings=(repl, repl),
+        donate_argnums=0,
+    )
+    lr_at = learning_rate_schedule(optim_config(config))
+    t, dbg = config.train, config.debug
+    ckpts = checkpoint.RunCheckpoints(workdir / "checkpoints", keep=t.keep_ckpts)
+    writer = MetricsWriter(workdir)
+    config_dict = json.loads(config.to_json_best_effort())
+    start = int(state.step)
+    bad_steps, last_record, stopped = 0, None, ""
+    bar = tqdm(total=t.total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    tick, tick_step = time.perf_counter(), start
+    try:
+        for step in range(start, t.total_steps):
+            host_batch = _step_inputs(next(iterator))
+            batch = jax.device_put(host_batch, data_sharding)
+            if step == 0 or (dbg.grad_check_every and step % dbg.grad_check_every == 0):
+                checks.grad_check(
+                    state, batch, jax.random.fold_in(root_rng, step), lcfg, workdir, step
+                )
+            state, metrics = step_fn(state, batch, root_rng)
+            done = step + 1
+            if dbg.check_nans:
+                if int(metrics["skipped"]):
+                    bad_steps += 1
+                    checks.dump_nan(
+                        workdir, step, host_batch, state, jax.random.fold_in(root_rng, step), lcfg
+                    )
+                    if bad_steps >= dbg.max_bad_steps:
+                        stopped = f"{bad_steps} consecutive non-finite steps (debug.max_bad_steps)"
+                        break
+                else:
+                    bad_steps = 0
+            if done % t.log_every_steps == 0 or done == t.total_steps:
+                host = jax.device_get(metrics)
+                last_record = train_record(done, host, lr_at(step))
+                writer.write(last_record)
+                now = time.perf_counter()
+                rate = (done - tick_step) * t.batch_size / max(now - tick, 1e-9)
+                tick, tick_step = now, done
+                bar.set_postfix(loss=f"{last_record['train/loss']:.4g}", img_s=f"{rate:.1f}")
+            bar.update(1)
+            if done % t.ckpt_every_steps == 0 or done == t.total_steps:
+                ckpts.save(done, state, iterator.get_state(), config_dict)
+    finally:
+        bar.close()
+        ckpts.wait()
+        ckpts.close()
+        writer.close()
+    if stopped:
+        print(f"stopped: {stopped}", flush=True)
+    plots = plot_run(workdir)
+    return {
+        "step": int(state.step),
+        "last": last_record,
+        "stopped": stopped,
+        "plots": [str(p) for p in plots],
+        "state": state,
+    }
