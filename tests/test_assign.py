@@ -4,7 +4,7 @@ import numpy as np
 
 from jdet.assign import center_assign, points_in_boxes, task_aligned_assign
 from jdet.boxes import make_anchors
-from tests.helpers import FEAT_HW, STRIDES, simple_batch
+from tests.head_fixtures import FEAT_HW, STRIDES, simple_batch
 
 
 def _anchors_px():

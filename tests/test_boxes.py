@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jdet import boxes as B
-from tests.helpers import all_finite
+from tests.head_fixtures import all_finite
 
 
 def test_conversions_roundtrip():

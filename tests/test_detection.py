@@ -10,7 +10,7 @@ import pytest
 from jdet.losses import LossConfig, loss_terms, weighted_total
 from jdet.losses.box import WIoUState
 from jdet.losses.debug import checked, checked_loss_terms
-from tests.helpers import all_finite, head_outputs, simple_batch, value_and_grad_outputs
+from tests.head_fixtures import all_finite, head_outputs, simple_batch, value_and_grad_outputs
 
 ALL_WEIGHTS = dict(box=7.5, cls=0.5, dfl=0.75, supcon=1.2, cpe=0.6, triplet=0.3)
 

@@ -6,7 +6,7 @@ import pytest
 from jdet.grads import diagnose, format_grad_report, grad_report, grad_stats, per_term_grads
 from jdet.losses import loss_terms, weighted_total
 from jdet.losses.debug import checked_per_term_grads
-from tests.helpers import head_outputs, simple_batch, split_outputs
+from tests.head_fixtures import head_outputs, simple_batch, split_outputs
 
 WEIGHTS = dict(box=7.5, cls=0.5, dfl=0.75, supcon=1.2, cpe=0.6, triplet=0.3)
 

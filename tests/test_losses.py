@@ -9,7 +9,7 @@ import pytest
 
 from jdet import losses as L
 from jdet.losses.box import WIoUState
-from tests.helpers import all_finite
+from tests.head_fixtures import all_finite
 
 E = jnp.eye(4)
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from jdet import boxes as B
 from jdet import losses as L
 from jdet.losses.box import WIoUState
-from tests.helpers import all_finite, head_outputs, split_outputs
+from tests.head_fixtures import all_finite, head_outputs, split_outputs
 
 N = 6  # samples / box pairs per example
 D = 5  # feature dimension

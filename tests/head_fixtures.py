@@ -1,4 +1,4 @@
-"""Small shared builders for the tests (imported as `from tests.helpers import ...`)."""
+"""Synthetic head outputs and targets shared by the loss tests (imported as `from tests.head_fixtures import ...`)."""
 
 from __future__ import annotations
 
