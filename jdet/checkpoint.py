@@ -21,7 +21,9 @@ META = "jdet_meta.json"
 TREE = "variables"
 
 
-def save_variables(path: str | pathlib.Path, variables: dict[str, Any], meta: dict[str, Any]) -> pathlib.Path:
+def save_variables(
+    path: str | pathlib.Path, variables: dict[str, Any], meta: dict[str, Any]
+) -> pathlib.Path:
     """Write variables (e.g. {"params", "batch_stats"}) and a JSON description to `path`.
 
     The folder must not exist yet (never overwrite a checkpoint silently).
@@ -34,7 +36,9 @@ def save_variables(path: str | pathlib.Path, variables: dict[str, Any], meta: di
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path / TREE, host)
     counts = {k: int(sum(np.size(x) for x in jax.tree.leaves(v))) for k, v in host.items()}
-    (path / META).write_text(json.dumps({**meta, "counts": counts}, indent=2, sort_keys=True) + "\n")
+    (path / META).write_text(
+        json.dumps({**meta, "counts": counts}, indent=2, sort_keys=True) + "\n"
+    )
     return path
 
 
@@ -53,18 +57,50 @@ def load_variables(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, 
     return variables, meta
 
 
+def save_best(
+    path: str | pathlib.Path, variables: dict[str, Any], meta: dict[str, Any]
+) -> pathlib.Path:
+    """Replace the weights folder `path` (e.g. workdir/best) with `variables` + `meta`.
+
+    Written beside it first and swapped in by renames, so a crash leaves either the old or the
+    new folder whole (a leftover `<name>.old` is the previous best).
+    """
+    import shutil
+
+    path = pathlib.Path(path).absolute()
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    save_variables(tmp, variables, meta)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+def best_value(path: str | pathlib.Path) -> float | None:
+    """The metric value recorded in a `save_best` folder, or None when there is none."""
+    meta_path = pathlib.Path(path) / META
+    if not meta_path.exists():
+        return None
+    return float(json.loads(meta_path.read_text())["value"])
+
+
 STATE, DATA, CONFIG = "state", "data", "config"
 
 
 def state_tree(state: Any) -> dict[str, Any]:
     """The checkpointed part of a `jdet.steps.TrainState` (its arrays, not its callables)."""
-    return dict(
-        step=state.step,
-        params=state.params,
-        batch_stats=state.batch_stats,
-        opt_state=state.opt_state,
-        wiou_state=state.wiou_state,
-    )
+    return {
+        "step": state.step,
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "opt_state": state.opt_state,
+        "wiou_state": state.wiou_state,
+    }
 
 
 class RunCheckpoints:
@@ -115,7 +151,9 @@ class RunCheckpoints:
         step = self.manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        tree = self.manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore()}))
+        tree = self.manager.restore(
+            step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore()})
+        )
         return {k: tree[STATE][k] for k in ("params", "batch_stats")}
 
     def wait(self) -> None:
@@ -165,7 +203,9 @@ def load_init_variables(path: str | pathlib.Path) -> tuple[dict[str, Any], str]:
         manager.close()
 
 
-def graft(target: dict[str, Any], source: dict[str, Any], prefix: str = "") -> tuple[dict, int, list[str]]:
+def graft(
+    target: dict[str, Any], source: dict[str, Any], prefix: str = ""
+) -> tuple[dict, int, list[str]]:
     """Copy the leaves of `source` into `target` (nested dicts) under `prefix` ("a/b").
 
     Leaves are matched by path; a source leaf whose path is missing in target or whose shape

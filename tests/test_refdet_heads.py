@@ -149,6 +149,33 @@ def test_bias_init_and_temperature_init():
         np.testing.assert_allclose(p["standard_head"][f"cv3_{i}"]["2"]["bias"], prior, rtol=1e-6)
 
 
+def test_prototype_logit_bias_is_prior_initialised_and_added():
+    feats = {k: jnp.zeros(x.shape) for k, x in pyramid(1, (64, 64), (8, 16, 16, 16)).items()}
+    protos = {k: jnp.ones(x.shape) for k, x in vectors((1, 2), QUERY_CH).items()}
+    plain, biased = DualDetectionHead(nc_base=0), DualDetectionHead(nc_base=0, logit_bias=True)
+    v = jax.jit(biased.init)(jax.random.key(0), feats, protos)
+    head_params = v["params"]["prototype_head"]
+    for i, s in enumerate(STRIDES):
+        prior = np.log(5 / (640 / s) ** 2)
+        np.testing.assert_allclose(head_params[f"bias_{i}"], prior, rtol=1e-6)
+    # Without the bias leaves the same variables give the original's logits; with them, the
+    # logits are shifted by each scale's bias (padded ways stay masked).
+    unbiased = {
+        "params": {
+            "prototype_head": {k: x for k, x in head_params.items() if not k.startswith("bias_")}
+        },
+        "batch_stats": v["batch_stats"],
+    }
+    mask = jnp.array([[True, False]])
+    got = biased.apply(v, feats, protos, mask)["prototype_sim"]
+    want = plain.apply(unbiased, feats, protos, mask)["prototype_sim"]
+    for i, s in enumerate(STRIDES):
+        np.testing.assert_allclose(
+            got[i][..., 0], want[i][..., 0] + np.log(5 / (640 / s) ** 2), rtol=1e-5, atol=1e-5
+        )
+        assert np.all(got[i][..., 1] == MASKED_LOGIT)
+
+
 # ------------------------------------------------------------------ fixture and converters
 @pytest.fixture(scope="module")
 def fx():

@@ -152,7 +152,11 @@ class PrototypeDetectionHead(nn.Module):
 
     Per scale: ``z = Conv2d1×1(Conv(x))`` to the prototype width, ``sim = temperature ·
     cos(z, prototype_n)`` for every way n, plus its own box branch. ``temperature`` is one
-    learnable scalar (``temperature_init``, 10.0), shared by all scales.
+    learnable scalar (``temperature_init``, 10.0), shared by all scales. With ``logit_bias`` (not in the
+    original) each scale adds a learnable bias initialised to ultralytics' class prior
+    ``log(5 / (640 / s)²)`` (one class): background anchors then start near probability 0
+    instead of sigmoid(10·cos) ≈ 0.5, which is what makes the original's cls term start in
+    the thousands and its scores rise slowly.
 
     ``__call__(feats, prototypes, support_mask, train)``:
       feats: list of [B, H_i, W_i, C_i]; prototypes: list of [B, N, D_i] (or [N, D_i]);
@@ -164,6 +168,8 @@ class PrototypeDetectionHead(nn.Module):
     proto_dims: Sequence[int] = (32, 64, 128, 256)
     num_bins: int = 17
     temperature_init: float = 10.0
+    logit_bias: bool = False
+    strides: Sequence[int] = DEFAULT_STRIDES
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -182,6 +188,9 @@ class PrototypeDetectionHead(nn.Module):
             # Zero the padded ways first: whatever they hold (even NaN) then gets no gradient.
             p = l2_normalize(jnp.where(support_mask[:, :, None], proto, 0.0))  # [B, N, D]
             sim = jnp.einsum("bhwd,bnd->bhwn", z, p) * temperature
+            if self.logit_bias:
+                prior = math.log(5 / (640 / self.strides[i]) ** 2)  # ultralytics Detect.bias_init
+                sim = sim + self.param(f"bias_{i}", nn.initializers.constant(prior), ())
             sims.append(jnp.where(support_mask[:, None, None, :], sim, MASKED_LOGIT))
             embeds.append(z)
             boxes.append(
@@ -199,6 +208,8 @@ class DualDetectionHead(nn.Module):
       num_bins: DFL bins per side (reg_max + 1 = 17), used by both box branches.
       strides: strides of the scales, only for the class-bias prior; (4, 8, 16, 32).
       temperature_init: initial value of the learnable similarity scale (10.0).
+      logit_bias: a learnable per-scale bias on the prototype logits, prior-initialised (not in
+        the original; see PrototypeDetectionHead).
       dtype: compute dtype (parameters stay float32).
 
     ``__call__(features, prototypes=None, support_mask=None, train=False)``:
@@ -222,6 +233,7 @@ class DualDetectionHead(nn.Module):
     num_bins: int = 17
     strides: Sequence[int] = DEFAULT_STRIDES
     temperature_init: float = 10.0
+    logit_bias: bool = False
     dtype: Dtype = jnp.float32
 
     @property
@@ -258,6 +270,8 @@ class DualDetectionHead(nn.Module):
                 self.proto_dims,
                 self.num_bins,
                 self.temperature_init,
+                self.logit_bias,
+                self.strides,
                 self.dtype,
                 name="prototype_head",
             )(feats, protos, support_mask.astype(bool), train)

@@ -75,6 +75,8 @@ class RefDet(nn.Module):
         E > 0 = the batch is E episodes of B/E consecutive queries that share one support set
         (the episodic pipeline's layout), so only E·N·K photos go through the ViT — the
         support of the first query of each episode is used for all of its queries.
+      proto_logit_bias: prior-initialised learnable bias per scale on the prototype logits
+        (not in the original; see heads.PrototypeDetectionHead).
       dtype: compute dtype; parameters stay float32, outputs used by losses are float32.
 
     `__call__(batch, train=False)` with
@@ -107,6 +109,7 @@ class RefDet(nn.Module):
     contrastive_dim: int = 128
     train_projections: bool = True
     support_groups: int = 0
+    proto_logit_bias: bool = False
     dtype: Any = jnp.float32
 
     def setup(self):
@@ -118,7 +121,11 @@ class RefDet(nn.Module):
         self.backbone = YOLOv8(self.yolo_scale, num_classes=1, dtype=self.dtype)
         self.fusion = PSALMFusion(channels, self.fusion_out, self.num_heads, dtype=self.dtype)
         self.head = DualDetectionHead(
-            self.nc_base, proto_dims, self.num_bins, tuple(TAP_STRIDES[s] for s in SCALES),
+            self.nc_base,
+            proto_dims,
+            self.num_bins,
+            tuple(TAP_STRIDES[s] for s in SCALES),
+            logit_bias=self.proto_logit_bias,
             dtype=self.dtype,
         )
         self.contrastive = ContrastiveHead(self.contrastive_dim, dtype=self.dtype)
@@ -129,13 +136,17 @@ class RefDet(nn.Module):
         support: [B, N, K, S, S, 3] f32 in [0, 1]; support_mask: [B, N] bool.
         """
         b, n, k = support.shape[:3]
-        cls = self.support_encoder(imagenet_normalize(support.reshape(b * n * k, *support.shape[3:])))["cls"]
+        cls = self.support_encoder(
+            imagenet_normalize(support.reshape(b * n * k, *support.shape[3:]))
+        )["cls"]
         cls = cls.reshape(b, n, k, -1).astype(jnp.float32)
         per_shot = self.projections(cls)  # {s: [B, N, K, d]}
         if not self.train_projections:
             per_shot = jax.tree.map(jax.lax.stop_gradient, per_shot)
         # The original averages the K references' prototypes and re-normalises.
-        prototypes = {s: l2_normalize(p.mean(axis=2).astype(jnp.float32)) for s, p in per_shot.items()}
+        prototypes = {
+            s: l2_normalize(p.mean(axis=2).astype(jnp.float32)) for s, p in per_shot.items()
+        }
         triplet = self.triplet_projection(cls).reshape(b * n * k, -1).astype(jnp.float32)
         return dict(prototypes=prototypes, triplet_embed=triplet)
 
@@ -167,7 +178,9 @@ class RefDet(nn.Module):
             trip_mask, trip_rows = support_mask, slice(None)
         out = self.detect(query, enc["prototypes"], support_mask, batch.get("query_way"), train)
         class_ids = batch.get("class_ids")
-        labels = jnp.broadcast_to(jnp.arange(n)[None, :], (b, n)) if class_ids is None else class_ids
+        labels = (
+            jnp.broadcast_to(jnp.arange(n)[None, :], (b, n)) if class_ids is None else class_ids
+        )
         out.update(
             prototypes=enc["prototypes"],
             triplet_embed=enc["triplet_embed"],
@@ -179,7 +192,9 @@ class RefDet(nn.Module):
     def detect(self, query, prototypes, support_mask, query_way=None, train: bool = False):
         """Query images + (cached) prototypes → anchor-level outputs (see the class docstring)."""
         feats = self.backbone(query, train, features_only=True)
-        fused = self.fusion(feats, select_fusion_prototypes(prototypes, support_mask, query_way), train)
+        fused = self.fusion(
+            feats, select_fusion_prototypes(prototypes, support_mask, query_way), train
+        )
         head = self.head(fused, prototypes, support_mask, train)
         hw = [(feats[s].shape[1], feats[s].shape[2]) for s in SCALES]
         anchors, strides = make_anchors(hw, [TAP_STRIDES[s] for s in SCALES])

@@ -1,0 +1,111 @@
+"""The quickstart's result table: a trained run vs training-free baselines on the same videos.
+
+    python3 scripts/compare_baselines.py --workdir runs/quickstart [--samples ROOT]
+
+ROOT defaults to the run's validation videos (`jdet.trainer.eval_samples`: for the quickstart,
+synthetic videos from a seed stream never used for training). Rows: the run's best weights
+(`jdet.predict`; `--latest` for its last checkpoint), `scripts/baseline_template.py`
+(multi-scale template matching with its defaults), a full-frame box on every frame, and no
+boxes. All are written as challenge submissions under WORKDIR/compare/ and scored by
+`jdet.evaluate`: ST-IoU (the challenge's metric) and mAP50 (baselines have no scores: every
+box counts with score 1). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _baseline_module():
+    spec = importlib.util.spec_from_file_location(
+        "baseline_template", ROOT / "scripts" / "baseline_template.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _as_detections(tracks):
+    return {
+        vid: {f: np.array([[*box, 1.0]], np.float32) for f, box in frames.items()}
+        for vid, frames in tracks.items()
+    }
+
+
+def main(argv=None) -> int:
+    sys.path.insert(0, str(ROOT))
+    from jdet import evaluate
+    from jdet.predict import PredictOptions, Predictor, load_run, load_samples
+    from jdet.trainer import eval_samples
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=pathlib.Path, required=True)
+    parser.add_argument("--samples", type=pathlib.Path, default=None)
+    args = parser.parse_args(argv)
+    config, _, _ = load_run(args.workdir)
+    samples = args.samples or eval_samples(config, args.workdir)
+    if samples is None:
+        parser.error("the run has no validation videos: pass --samples")
+    records = load_samples(samples)
+    gt = {r.video_id: dict(r.boxes) for r in records}
+    frames = {r.video_id: range(r.num_frames) for r in records}
+    out = args.workdir / "compare"
+    out.mkdir(exist_ok=True)
+    rows = []
+
+    e = config.eval
+    options = PredictOptions(
+        conf_threshold=e.conf_threshold,
+        iou_threshold=e.iou_threshold,
+        max_det=e.max_det,
+        batch_size=e.batch_size,
+    )
+    predictor = Predictor.from_checkpoint(args.workdir, options)
+    result = evaluate.evaluate_records(predictor, records, conf_threshold=e.conf_threshold)
+    evaluate.write_report(out / "jdet", result, records)
+    frames_run = sum(len(d) for d in result.detections.values())
+    rows.append(
+        (
+            "jdet (" + predictor.description.split("/")[-1] + ")",
+            result.metrics["metrics/st_iou"],
+            result.metrics["metrics/mAP50"],
+            frames_run / result.seconds,
+        )
+    )
+
+    baseline = _baseline_module()
+    for method in ("template", "full-frame", "empty"):
+        path = out / f"{method}.json"
+        start = time.perf_counter()
+        if baseline.main(["--samples", str(samples), "--out", str(path), "--method", method]):
+            return 2
+        seconds = time.perf_counter() - start
+        tracks = evaluate.read_submission(path)
+        mean, _ = evaluate.st_iou(gt, tracks)
+        coco = evaluate.coco_map(gt, _as_detections(tracks), frames)
+        total = sum(r.num_frames for r in records)
+        rows.append((method, mean, coco["mAP50"], total / seconds))
+
+    print()
+    print(f"{len(records)} videos, {sum(r.num_frames for r in records)} frames: {samples}")
+    print()
+    print("| method | ST-IoU | mAP50 | frames/s |")
+    print("|---|---:|---:|---:|")
+    for name, st, ap, fps in rows:
+        print(f"| {name} | {st:.3f} | {ap:.3f} | {fps:.1f} |")
+    best = max(r[1] for r in rows[1:])
+    if best > 0:
+        print(f"\njdet / best baseline ST-IoU: {rows[0][1] / best:.2f}×")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
