@@ -15,6 +15,8 @@ import ml_collections
 
 from jdet.losses import TERM_NAMES, LossConfig
 
+EVAL_METRICS = ("metrics/st_iou", "metrics/mAP50", "metrics/mAP50-95")
+
 
 def base_config() -> ml_collections.ConfigDict:
     """Defaults: the original RefDet stage-2 recipe (REFERENCE.md §3–4) on synthetic data."""
@@ -27,6 +29,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.source = "synthetic"
     c.data.cache_dir = ""  # "" = <workdir>/data; holds raw/ (synthetic) and tfds/
     c.data.val_fraction = 0.0
+    # Synthetic source only: this many more videos (another seed) generated into
+    # cache_dir/val in the challenge layout, for evaluation (eval.samples = "").
+    c.data.val_videos = 0
     c.data.synthetic = ml_collections.ConfigDict(
         dict(num_videos=8, frames=80, width=320, height=192, reference_size=256)
     )
@@ -48,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.encoder = "dinov3-S/16"
     c.model.frozen_blocks = 6
     c.model.nc_base = 80
+    # A prior-initialised learnable bias on the prototype logits (not in the original, whose
+    # cls term starts in the thousands without it; jdet.models.heads.PrototypeDetectionHead).
+    c.model.proto_logit_bias = False
     c.model.dtype = "float32"
 
     c.loss = ml_collections.ConfigDict(
@@ -70,16 +78,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.batch_size = 8  # = episodes_per_batch · n_way · q_query
     c.train.log_every_steps = 50
     c.train.ckpt_every_steps = 1000
-    c.train.eval_every_steps = 0  # 0: no evaluation (evaluation is a later issue)
+    c.train.eval_every_steps = 0  # 0: evaluate only at the end (when there is a val set)
     c.train.keep_ckpts = 3
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.num_batches = 0
+    # Challenge-layout folder with annotations to evaluate on; "" = the synthetic val videos
+    # (data.val_videos), or no evaluation when there are none.
+    c.eval.samples = ""
+    c.eval.stride = 1  # every n-th frame of each video
+    c.eval.max_frames = 0  # per video, 0 = all
+    c.eval.batch_size = 8
+    c.eval.conf_threshold = 0.25  # the submission's per-frame threshold (ST-IoU)
+    c.eval.iou_threshold = 0.45  # NMS
+    c.eval.max_det = 100
+    c.eval.best_metric = "metrics/st_iou"  # higher is better; its best weights → workdir/best
 
     c.debug = ml_collections.ConfigDict()
     c.debug.grad_check_every = 0  # 0: only at step 0
     c.debug.check_nans = True  # fetch the skip flag every step; dump non-finite batches
     c.debug.max_bad_steps = 10  # stop after this many consecutive non-finite steps
+    # Debugging aid (reproduce the NaN forensics): comma-separated 0-based step numbers, as in
+    # nan_dump/step_<n>, whose batch gets a NaN query image, e.g. "3" or "3,7"; "" = none.
+    c.debug.inject_nan_steps = ""
 
     c.init = ""  # weights folder (scripts/convert_weights.py) or checkpoint: params only
     c.resume = ""  # a run directory or checkpoint folder to continue from (full state)
@@ -114,6 +134,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     if config.debug.max_bad_steps < 1:
         raise ValueError(f"debug.max_bad_steps must be >= 1, got {config.debug.max_bad_steps}")
+    nan_steps = config.debug.inject_nan_steps
+    if nan_steps and not all(s.strip().isdigit() for s in nan_steps.split(",")):
+        raise ValueError(
+            "debug.inject_nan_steps must be comma-separated 0-based step numbers such as "
+            f'"3,7" (or "" for none), got {nan_steps!r}'
+        )
+    e = config.eval
+    if e.stride < 1 or e.batch_size < 1 or e.max_frames < 0 or e.max_det < 1:
+        raise ValueError(
+            "eval.stride, eval.batch_size, eval.max_det must be >= 1, eval.max_frames >= 0"
+        )
+    for name in ("conf_threshold", "iou_threshold"):
+        if not 0.0 <= e[name] <= 1.0:
+            raise ValueError(f"eval.{name} must be in [0, 1], got {e[name]}")
+    if e.best_metric not in EVAL_METRICS:
+        raise ValueError(f"eval.best_metric must be one of {EVAL_METRICS}, got {e.best_metric!r}")
+    if d.val_videos < 0:
+        raise ValueError(f"data.val_videos must be >= 0, got {d.val_videos}")
     if not d.source:
         raise ValueError('data.source must be "synthetic" or a raw dataset folder')
     if config.model.dtype not in ("float32", "bfloat16"):

@@ -18,6 +18,8 @@ def get_config(arg: str | None = None):
     c.data.max_boxes = 4
     c.data.mosaic_prob = 0.0
     c.data.num_threads = 1
+    c.data.val_videos = 1
+    c.eval.max_frames = 8
     c.model.update(dict(yolo_scale="t2", encoder="dinov3-tiny", frozen_blocks=1, nc_base=0))
     c.train.update(
         dict(total_steps=3, batch_size=8, log_every_steps=1, ckpt_every_steps=1, keep_ckpts=3)

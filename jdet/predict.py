@@ -276,22 +276,9 @@ def predict_folder(
     return out
 
 
-def top_box_tracks(
-    detections: dict[str, FrameDetections], conf_threshold: float
-) -> dict[str, dict[int, tuple[float, float, float, float]]]:
-    """Per frame the highest-scoring box with score ≥ conf_threshold (the submission)."""
-    tracks: dict[str, dict[int, tuple[float, float, float, float]]] = {}
-    for vid, frames in detections.items():
-        tracks[vid] = {}
-        for frame, det in frames.items():
-            if len(det) and det[:, 4].max() >= conf_threshold:
-                best = det[int(np.argmax(det[:, 4]))]
-                tracks[vid][frame] = tuple(float(v) for v in best[:4])
-    return tracks
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from jdet.data.report import DatasetError
+    from jdet.evaluate import submission_from_detections
     from jdet.submission import write_submission
 
     parser = argparse.ArgumentParser(
@@ -329,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
-    tracks = top_box_tracks(detections, args.conf)
+    tracks = submission_from_detections(detections, args.conf)
     path = write_submission(args.out, tracks, [r.video_id for r in records])
     frames = sum(len(d) for d in detections.values())
     print(

@@ -29,6 +29,8 @@ from jdet.optim import OptimConfig, learning_rate_schedule, make_optimizer
 from jdet.plots import plot_run
 from jdet.steps import create_train_state, train_step
 
+BEST = "best"  # workdir/best: weights of the best evaluation (jdet.predict.BEST)
+
 
 def episode_config(config: ml_collections.ConfigDict) -> EpisodeConfig:
     d = config.data
@@ -84,29 +86,68 @@ def make_model(config: ml_collections.ConfigDict) -> RefDet:
         nc_base=m.nc_base,
         num_bins=config.loss.cfg.num_bins,
         support_groups=episode_config(config).episodes_per_batch,
+        proto_logit_bias=m.proto_logit_bias,
         dtype=jnp.dtype(m.dtype),
     )
 
 
+def ensure_synthetic(folder: pathlib.Path, seed: int, options: dict[str, Any]) -> bool:
+    """Generate synthetic videos into `folder` unless the ones there were made with the same
+    seed and options (recorded in synthetic.json); True when it (re)generated them."""
+    from jdet.data import synthetic
+
+    record = folder / "synthetic.json"
+    if record.exists():
+        made = json.loads(record.read_text())
+        same = made.get("seed") == seed and made.get("num_videos") == options["num_videos"]
+        same = same and all(
+            made.get("options", {}).get(k) == v for k, v in options.items() if k != "num_videos"
+        )
+        if same:
+            return False
+        print(f"{folder}: cached synthetic videos differ from the config; regenerating", flush=True)
+    print(f"generating synthetic videos into {folder}", flush=True)
+    synthetic.generate(folder, seed=seed, overwrite=True, **options)
+    return True
+
+
 def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
     """The TFDS folder to read, generating the synthetic videos and building it if missing."""
-    from jdet.data import synthetic, tfds_builder
+    from jdet.data import tfds_builder
 
     cache = pathlib.Path(config.data.cache_dir or workdir / "data").expanduser()
+    regenerated = False
     if config.data.source == "synthetic":
         src = cache / "raw"
-        if not (src / "synthetic.json").exists():
-            print(f"generating synthetic videos into {src}", flush=True)
-            synthetic.generate(
-                src, seed=config.seed, overwrite=True, **config.data.synthetic.to_dict()
-            )
+        regenerated = ensure_synthetic(src, config.seed, config.data.synthetic.to_dict())
     else:
         src = pathlib.Path(config.data.source).expanduser()
     data_dir = cache / "tfds"
     tfds_builder.build_dataset(
-        src, data_dir, val_fraction=config.data.val_fraction, seed=config.seed
+        src,
+        data_dir,
+        val_fraction=config.data.val_fraction,
+        seed=config.seed,
+        overwrite=regenerated,
     )
     return data_dir
+
+
+# Synthetic validation videos come from another seed stream than the training videos.
+VAL_SEED_OFFSET = 1_000_003
+
+
+def eval_samples(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path | None:
+    """The challenge-layout folder evaluated during training (generating the synthetic
+    validation videos on first use), or None when the config has no validation set."""
+    if config.eval.samples:
+        return pathlib.Path(config.eval.samples).expanduser()
+    if config.data.source != "synthetic" or not config.data.val_videos:
+        return None
+    cache = pathlib.Path(config.data.cache_dir or workdir / "data").expanduser()
+    options = dict(config.data.synthetic.to_dict(), num_videos=config.data.val_videos)
+    ensure_synthetic(cache / "val", config.seed + VAL_SEED_OFFSET, options)
+    return cache / "val"
 
 
 def make_mesh(batch_size: int) -> tuple[jax.sharding.Mesh, Any, Any]:
@@ -271,12 +312,16 @@ def _loop(config, workdir, state, iterator, root_rng, lcfg, weights, repl, data_
     writer = MetricsWriter(workdir)
     config_dict = json.loads(config.to_json_best_effort())
     start = int(state.step)
-    bad_steps, last_record, stopped = 0, None, ""
+    bad_steps, last_record, last_eval, stopped = 0, None, None, ""
+    evaluator = Evaluator.create(config, workdir, state)
     bar = tqdm(total=t.total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
     tick, tick_step = time.perf_counter(), start
     try:
         for step in range(start, t.total_steps):
             host_batch = _step_inputs(next(iterator))
+            if dbg.inject_nan_steps and step in {int(s) for s in dbg.inject_nan_steps.split(",")}:
+                # Debugging aid: a NaN query reproduces the skip + nan_dump forensics.
+                host_batch["query"] = np.full_like(host_batch["query"], np.nan)
             batch = jax.device_put(host_batch, data_sharding)
             if step == 0 or (dbg.grad_check_every and step % dbg.grad_check_every == 0):
                 checks.grad_check(
@@ -306,6 +351,12 @@ def _loop(config, workdir, state, iterator, root_rng, lcfg, weights, repl, data_
             bar.update(1)
             if done % t.ckpt_every_steps == 0 or done == t.total_steps:
                 ckpts.save(done, state, iterator.get_state(), config_dict)
+            if evaluator and (
+                done == t.total_steps or (t.eval_every_steps and done % t.eval_every_steps == 0)
+            ):
+                last_eval = evaluator(state, done, final=done == t.total_steps)
+                writer.write(last_eval)
+                bar.write(evaluator.summary_line(last_eval))
     finally:
         bar.close()
         ckpts.wait()
@@ -314,10 +365,96 @@ def _loop(config, workdir, state, iterator, root_rng, lcfg, weights, repl, data_
     if stopped:
         print(f"stopped: {stopped}", flush=True)
     plots = plot_run(workdir)
+    if evaluator is not None:
+        plots += evaluator.plots
     return {
         "step": int(state.step),
         "last": last_record,
+        "eval": last_eval,
         "stopped": stopped,
         "plots": [str(p) for p in plots],
         "state": state,
     }
+
+
+class Evaluator:
+    """Periodic evaluation during training: the current weights run over the validation
+    videos (jdet.predict), scored with jdet.evaluate (ST-IoU, mAP50, mAP50-95); the best
+    weights by `eval.best_metric` are kept in workdir/best (what `jdet.predict` loads)."""
+
+    def __init__(self, config, workdir: pathlib.Path, predictor, records):
+        self.config, self.workdir = config, workdir
+        self.predictor, self.records = predictor, records
+        self.metric = config.eval.best_metric
+        self.best = checkpoint.best_value(workdir / BEST)
+        self.plots: list[pathlib.Path] = []
+
+    @classmethod
+    def create(cls, config, workdir: pathlib.Path, state) -> Evaluator | None:
+        from jdet.predict import PredictOptions, Predictor, load_samples
+
+        samples = eval_samples(config, workdir)
+        if samples is None:
+            return None
+        records = load_samples(samples)
+        missing = [r.video_id for r in records if not r.boxes]
+        if len(missing) == len(records):
+            raise ValueError(
+                f"eval.samples={samples}: no video has annotations; evaluation needs "
+                "annotations/annotations.json with boxes"
+            )
+        e = config.eval
+        options = PredictOptions(
+            conf_threshold=e.conf_threshold,
+            iou_threshold=e.iou_threshold,
+            max_det=e.max_det,
+            batch_size=e.batch_size,
+        )
+        predictor = Predictor(
+            make_model(config),
+            {"params": state.params, "batch_stats": state.batch_stats},
+            query_size=config.data.query_size,
+            support_size=config.data.support_size,
+            options=options,
+        )
+        return cls(config, workdir, predictor, records)
+
+    def __call__(self, state, step: int, *, final: bool = False) -> dict[str, Any]:
+        from jdet import evaluate
+
+        e = self.config.eval
+        self.predictor.variables = {"params": state.params, "batch_stats": state.batch_stats}
+        result = evaluate.evaluate_records(
+            self.predictor,
+            self.records,
+            stride=e.stride,
+            max_frames=e.max_frames or None,
+            conf_threshold=e.conf_threshold,
+            progress=False,
+        )
+        record = {"step": int(step), **result.metrics}
+        value = record[self.metric]
+        if self.best is None or value >= self.best:  # ties: the later, longer-trained weights
+            self.best = value
+            variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+            checkpoint.save_best(
+                self.workdir / BEST,
+                variables,
+                {
+                    "step": int(step),
+                    "metric": self.metric,
+                    "value": value,
+                    "config": json.loads(self.config.to_json_best_effort()),
+                },
+            )
+        record["metrics/best"] = self.best
+        if final:
+            self.plots = evaluate.write_report(self.workdir, result, self.records)
+        return record
+
+    def summary_line(self, record: dict[str, Any]) -> str:
+        return (
+            f"eval @ step {record['step']}: ST-IoU {record['metrics/st_iou']:.4f}, "
+            f"mAP50 {record['metrics/mAP50']:.4f}, mAP50-95 {record['metrics/mAP50-95']:.4f} "
+            f"(best {self.metric.removeprefix('metrics/')} {self.best:.4f})"
+        )

@@ -4,6 +4,8 @@
     python3 scripts/bench.py models [--batch 8] [--image 320] [--repeats 10]
     python3 scripts/bench.py step [--batch 8] [--image 320]     (full RefDet train step)
     python3 scripts/bench.py data [--size 320x192 --query-size 320 --workers 0,2]   (bench_data.py)
+    python3 scripts/bench.py infer [--frames 48] [--sizes 320,640]   (bench_infer.py)
+    python3 scripts/bench.py train [--batch 8] [--image 320] [--repeats 5] [--no-torch]   (bench_train.py)
 
 models: forward and forward+backward of the query branch (YOLOv8n, batch 8, 320²) and of the
 support encoders (DINOv3 ViT-S/16, DINOv2 ViT-S/14 on 3 references at 256²), jdet vs the
@@ -217,8 +219,9 @@ def bench_models(args) -> None:
         print(f"| {name} | {step} | {first:.2f} | {med * 1e3:.1f} | {ratio} |")
 
 
-def bench_step(args) -> None:
-    """Full RefDet train step (YOLOv8n + DINOv3 ViT-S/16, 6 terms, AdamW) on random data."""
+def refdet_train_step(args):
+    """(jitted donated step, state, batch, rng, (n, q, k)): the RefDet train step on random data
+    (also `scripts/bench_train.py`'s RefDet row)."""
     import functools
 
     from jdet.models.refdet import RefDet, refdet_param_groups
@@ -241,7 +244,12 @@ def bench_step(args) -> None:
     state = create_train_state(model, tx, jax.random.PRNGKey(0), batch)
     weights = dict(box=7.5, cls=0.5, dfl=0.75, supcon=1.2, cpe=0.6, triplet=0.3)
     step = jax.jit(functools.partial(train_step, loss_weights=weights), donate_argnums=0)
-    rng = jax.random.PRNGKey(1)
+    return step, state, batch, jax.random.PRNGKey(1), (n, q, k)
+
+
+def bench_step(args) -> None:
+    """Full RefDet train step (YOLOv8n + DINOv3 ViT-S/16, 6 terms, AdamW) on random data."""
+    step, state, batch, rng, (n, q, k) = refdet_train_step(args)
     t0 = time.perf_counter()
     state, m = step(state, batch, rng)
     jax.block_until_ready(m)
@@ -284,9 +292,22 @@ def main(argv=None) -> int:
     from bench_data import bench_data
 
     add_data_arguments(sub.add_parser("data", help="episodic input pipeline throughput"))
+    from bench_infer import add_arguments as add_infer_arguments
+    from bench_infer import bench_infer
+    from bench_train import add_arguments as add_train_arguments
+    from bench_train import bench_train
+
+    add_train_arguments(sub.add_parser("train", help="train-step throughput, jdet vs ultralytics"))
+    add_infer_arguments(sub.add_parser("infer", help="jdet.predict frames/s on a 640×360 video"))
     args = parser.parse_args(argv)
     if args.what == "data":
         bench_data(args)
+        return 0
+    if args.what == "infer":
+        bench_infer(args)
+        return 0
+    if args.what == "train":
+        bench_train(args)
         return 0
     if args.what == "losses":
         bench_losses(args)

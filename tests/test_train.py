@@ -34,7 +34,7 @@ def run(tmp_path_factory):
 def test_tiny_run_writes_run_directory(run):
     workdir, result, _ = run
     assert result["step"] == 3 and not result["stopped"]
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in records_all(workdir) if "train/loss" in r]
     assert [r["step"] for r in records] == [1, 2, 3]
     for key in (
         "train/loss",
@@ -63,8 +63,94 @@ def test_tiny_run_writes_run_directory(run):
         "triplet",
     }
     assert json.loads((workdir / "config.json").read_text())["train"]["total_steps"] == 3
-    assert {p.name for p in (workdir / "plots").iterdir()} == {"losses.png", "grad_norms.png"}
+    assert {p.name for p in (workdir / "plots").iterdir()} == {
+        "losses.png",
+        "grad_norms.png",
+        "pr_curve.png",
+        "st_iou_per_video.png",
+        "samples.png",
+    }
     assert list(workdir.glob("events.*"))
+    # Evaluation at the last step: a metrics record, the best weights, the report.
+    evals = [r for r in records_all(workdir) if "metrics/st_iou" in r]
+    assert [r["step"] for r in evals] == [3]
+    for key in ("metrics/st_iou", "metrics/mAP50", "metrics/mAP50-95", "metrics/best"):
+        assert 0.0 <= evals[0][key] <= 1.0, key
+    meta = json.loads((workdir / "best" / "jdet_meta.json").read_text())
+    assert meta["step"] == 3 and meta["metric"] == "metrics/st_iou"
+    assert meta["config"]["data"]["query_size"] == 64
+    assert result["eval"]["metrics/st_iou"] == evals[0]["metrics/st_iou"]
+    assert {p.name for p in (workdir / "eval").iterdir()} == {
+        "submission.json",
+        "metrics.json",
+        "per_video.txt",
+    }
+
+
+def records_all(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_predict_writes_submission_that_evaluate_reads(run, tmp_path, capsys):
+    from jdet import evaluate, predict
+    from jdet.data import synthetic
+    from jdet.submission import read_submission
+
+    workdir, _, _ = run
+    samples = synthetic.generate(
+        tmp_path / "samples",
+        num_videos=2,
+        seed=5,
+        frames=6,
+        width=96,
+        height=64,
+        reference_size=64,
+    )
+    out = tmp_path / "submission.json"
+    argv = ["--checkpoint", str(workdir), "--samples", str(samples), "--out", str(out)]
+    assert predict.main([*argv, "--batch-size", "4"]) == 0
+    tracks = read_submission(out)
+    assert sorted(tracks) == sorted(p.name for p in (samples / "samples").iterdir())
+    for frames in tracks.values():
+        for x1, y1, x2, y2 in frames.values():
+            assert 0 <= x1 <= x2 <= 96 and 0 <= y1 <= y2 <= 64
+    assert "frames/s" in capsys.readouterr().out
+    assert evaluate.main(["--samples", str(samples), "--submission", str(out)]) == 0
+    assert "mean ST-IoU" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_evaluate_workdir_uses_best_weights(run, capsys):
+    from jdet import evaluate
+
+    workdir, _, _ = run
+    assert evaluate.main(["--workdir", str(workdir), "--max-frames", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "best" in out and "ST-IoU" in out and "mAP50" in out
+
+
+def test_predict_bad_inputs_name_the_problem(tmp_path, capsys):
+    from jdet import predict
+
+    samples = tmp_path / "nowhere"
+    argv = ["--samples", str(samples), "--out", str(tmp_path / "s.json")]
+    assert predict.main(["--checkpoint", str(tmp_path), *argv]) == 2
+    assert str(samples) in capsys.readouterr().err  # the samples folder is checked first
+    (tmp_path / "samples" / "v0").mkdir(parents=True)
+    argv = ["--samples", str(tmp_path), "--out", str(tmp_path / "s.json")]
+    assert predict.main(["--checkpoint", str(tmp_path / "empty_run"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert "drone_video.mp4" in err  # the sample folder without its video
+    (tmp_path / "v0.mp4").write_bytes(b"")
+    bad = tmp_path / "run"
+    (bad / "best").mkdir(parents=True)
+    (bad / "best" / "jdet_meta.json").write_text("{}")
+    with pytest.raises(predict.CheckpointError, match="cannot read the weights"):
+        predict.load_run(bad)
+    with pytest.raises(predict.CheckpointError, match="not a jdet run directory"):
+        predict.load_run(tmp_path / "samples")
+    assert not (tmp_path / "s.json").exists()
 
 
 @pytest.mark.slow
