@@ -135,7 +135,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.debug.max_bad_steps < 1:
         raise ValueError(f"debug.max_bad_steps must be >= 1, got {config.debug.max_bad_steps}")
     nan_steps = config.debug.inject_nan_steps
-    if nan_steps and not all(s.strip().isdigit() for s in nan_steps.split(",")):
+    if nan_steps and not all(s.strip().isdecimal() for s in nan_steps.split(",")):
         raise ValueError(
             "debug.inject_nan_steps must be comma-separated 0-based step numbers such as "
             f'"3,7" (or "" for none), got {nan_steps!r}'

@@ -102,7 +102,7 @@ def test_predict_writes_submission_that_evaluate_reads(run, tmp_path, capsys):
         tmp_path / "samples",
         num_videos=2,
         seed=5,
-        frames=6,
+        frames=20,
         width=96,
         height=64,
         reference_size=64,
@@ -142,7 +142,13 @@ def test_predict_bad_inputs_name_the_problem(tmp_path, capsys):
     assert predict.main(["--checkpoint", str(tmp_path / "empty_run"), *argv]) == 2
     err = capsys.readouterr().err
     assert "drone_video.mp4" in err  # the sample folder without its video
-    (tmp_path / "v0.mp4").write_bytes(b"")
+    from jdet.data import synthetic
+
+    ok = synthetic.generate(tmp_path / "ok", num_videos=1, seed=0, frames=20, width=64, height=64)
+    missing = tmp_path / "no_such_run"
+    argv = ["--samples", str(ok), "--out", str(tmp_path / "s.json")]
+    assert predict.main(["--checkpoint", str(missing), *argv]) == 2
+    assert f"{missing}: no such file or directory" in capsys.readouterr().err
     bad = tmp_path / "run"
     (bad / "best").mkdir(parents=True)
     (bad / "best" / "jdet_meta.json").write_text("{}")
