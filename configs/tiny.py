@@ -4,7 +4,9 @@
 
 Measured on a shared 2-core CPU VM: 2 min 40 s wall for the command above (one device,
 empty compilation cache); 2.3–2.7 min as the tests/test_train.py run (8 virtual devices).
-Metric: none (a smoke test, not a recipe).
+It also generates 1 validation video and evaluates 8 of its frames at the end (the
+evaluation, best-weights and report paths). Metric: not meaningful (a smoke test, not a
+recipe; 3 steps from random weights).
 """
 
 from configs.common import base_config, finalize

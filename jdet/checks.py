@@ -14,7 +14,6 @@ import numpy as np
 from jdet.grads import diagnose, format_grad_report
 from jdet.losses import LossConfig, loss_terms
 
-
 _TERMS_FNS: dict[tuple[int, LossConfig], tuple[Any, Any]] = {}
 
 
@@ -45,19 +44,15 @@ def make_terms_fn(apply_fn: Any, loss_cfg: LossConfig):
 
 
 def diagnose_terms(state, batch, rng, loss_cfg: LossConfig) -> dict:
-    """`grads.diagnose` of the train-step terms. The one-vjp ("vmap") method is tried first;
-    jax 0.10 cannot vmap the transpose of a grouped convolution here (the depthwise convs
-    raise NotImplementedError in `_conv_general_dilated_batch_rule`), and then the K
-    single-term gradients ("separate", one jit) are used instead."""
+    """`grads.diagnose` of the train-step terms with the K single-term gradients under one jit
+    (method "separate"). The one-vjp "vmap" method is not used here: jax 0.10 cannot vmap the
+    transpose of a grouped convolution (RefDet's depthwise convs raise NotImplementedError in
+    `_conv_general_dilated_batch_rule`), and "separate" is also the cheaper of the two
+    (`scripts/bench.py losses`)."""
     terms_fn = make_terms_fn(state.apply_fn, loss_cfg)
     args = (batch, rng, state.batch_stats, state.wiou_state)
-    try:
-        report, _ = diagnose(terms_fn, state.params, *args, method="vmap")
-    except NotImplementedError:
-        report, _ = diagnose(terms_fn, state.params, *args, method="separate")
-        report["method"] = "separate"
-    else:
-        report["method"] = "vmap"
+    report, _ = diagnose(terms_fn, state.params, *args, method="separate")
+    report["method"] = "separate"
     return report
 
 

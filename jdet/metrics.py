@@ -59,3 +59,18 @@ def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_after(path: str | pathlib.Path, step: int) -> int:
+    """Drop the records of steps > `step` from a JSONL file (a resumed run redoes them after
+    the checkpoint it resumed from); returns how many were dropped. Written atomically."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    keep = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(path)
+    return len(lines) - len(keep)

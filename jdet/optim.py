@@ -97,7 +97,8 @@ def make_optimizer(cfg: OptimConfig, params: Any, groups: Any | None = None) -> 
         )
     mask = decay_mask(params)
     transforms = {FROZEN: optax.set_to_zero()}
-    for name in names - {FROZEN}:
+    for name in sorted(names - {FROZEN}):  # a set's order varies per process: keep the
+        # program (and so its persistent-compile-cache key) identical across processes
         transforms[name] = optax.adamw(
             learning_rate_schedule(cfg, group_lr[name]),
             b1=cfg.b1,

@@ -30,6 +30,15 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from jdet.trainer import train_and_evaluate
 
+    try:  # again: --config.a.b=v overrides are applied after the recipe's own finalize()
+        from configs.common import validate
+    except ImportError:  # a recipe outside this checkout: it validates itself
+        validate = None
+    if validate is not None:
+        try:
+            validate(_CONFIG.value)
+        except ValueError as err:
+            raise app.UsageError(f"invalid config: {err}") from None
     result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, check_only=_CHECK.value)
     if _CHECK.value:
         print("check passed" if result["ok"] else "check FAILED: non-finite term or gradient")

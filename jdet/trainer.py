@@ -23,7 +23,7 @@ import numpy as np
 from jdet import checkpoint, checks
 from jdet.data.episodes import EpisodeConfig
 from jdet.losses import TERM_NAMES, LossConfig
-from jdet.metrics import MetricsWriter, train_record
+from jdet.metrics import MetricsWriter, train_record, truncate_after
 from jdet.models.refdet import RefDet, refdet_param_groups
 from jdet.optim import OptimConfig, learning_rate_schedule, make_optimizer
 from jdet.plots import plot_run
@@ -251,6 +251,9 @@ def train_and_evaluate(
     example = _step_inputs(next(iterator))
     model = make_model(config)
     state, data_state, origin = initial_state(config, model, example, workdir, repl)
+    if data_state is not None:  # resumed: forget what was logged after that checkpoint
+        for name in ("metrics.jsonl", "grad_checks.jsonl"):
+            truncate_after(workdir / name, int(state.step))
     iterator.set_state(
         data_state or {"position": 0, "signature": iterator.get_state()["signature"]}
     )

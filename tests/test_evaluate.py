@@ -330,3 +330,76 @@ def test_cli_missing_annotations_returns_2(tmp_path, files, capsys):
     code = evaluate.main(["--samples", str(tmp_path / "nowhere"), "--submission", str(submission)])
     err = capsys.readouterr().err
     assert code == 2 and "annotations.json" in err
+
+
+def _pycocotools_map(gt, detections):
+    """mAP50 / mAP50-95 computed by pycocotools itself on the same images and boxes."""
+    cocotools = pytest.importorskip("pycocotools.coco")
+    cocoeval = pytest.importorskip("pycocotools.cocoeval")
+    images, annotations, results = [], [], []
+    for video_id, boxes in gt.items():
+        for frame in sorted(set(boxes) | set(detections.get(video_id, {}))):
+            images.append({"id": len(images) + 1})
+            if frame in boxes:
+                x1, y1, x2, y2 = boxes[frame]
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": len(images),
+                        "category_id": 1,
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "area": (x2 - x1) * (y2 - y1),
+                        "iscrowd": 0,
+                    }
+                )
+            for x1, y1, x2, y2, s in detections.get(video_id, {}).get(frame, np.zeros((0, 5))):
+                results.append(
+                    {
+                        "image_id": len(images),
+                        "category_id": 1,
+                        "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                        "score": float(s),
+                    }
+                )
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = cocotools.COCO()
+        coco_gt.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1}]}
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(results)
+        ev = cocoeval.COCOeval(coco_gt, coco_dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev.stats[1], ev.stats[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_map_equals_pycocotools_on_random_set(seed):
+    rng = np.random.default_rng(seed)
+    gt, detections = {}, {}
+    for v in range(3):
+        vid = f"v{v}"
+        gt[vid], detections[vid] = {}, {}
+        for frame in range(12):
+            if rng.random() < 0.7:  # object present
+                x, y = rng.uniform(0, 200, 2)
+                w, h = rng.uniform(8, 120, 2)
+                gt[vid][frame] = (x, y, x + w, y + h)
+            dets = []
+            if frame in gt[vid] and rng.random() < 0.8:  # a jittered true detection
+                box = np.array(gt[vid][frame]) + rng.normal(0, 6, 4)
+                box[2:] = np.maximum(box[2:], box[:2] + 1)
+                dets.append([*box, rng.uniform(0.2, 1.0)])
+            for _ in range(rng.integers(0, 3)):  # false positives anywhere
+                x, y = rng.uniform(0, 250, 2)
+                dets.append([x, y, x + rng.uniform(5, 60), y + rng.uniform(5, 60), rng.random()])
+            if dets:
+                detections[vid][frame] = np.array(dets, np.float32)
+    want50, want = _pycocotools_map(gt, detections)
+    got = coco_map(gt, detections)
+    assert got["mAP50"] == pytest.approx(want50, abs=1e-6)
+    assert got["mAP50-95"] == pytest.approx(want, abs=1e-6)
+    assert 0.0 < got["mAP50"] < 1.0  # a non-trivial case

@@ -213,6 +213,29 @@ def test_config_typo_fails_with_suggestion(tmp_path):
     assert not (tmp_path / "w").exists()  # failed before anything ran
 
 
+def test_command_line_overrides_are_validated(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "jdet.train",
+        "--config=configs/tiny.py",
+        f"--workdir={tmp_path / 'w'}",
+        "--config.train.total_steps=0",
+    ]
+    proc = subprocess.run(
+        cmd,
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert proc.returncode != 0
+    assert "train.total_steps must be >= 1" in proc.stderr + proc.stdout
+    assert not (tmp_path / "w").exists()
+
+
 def test_batch_not_divisible_by_devices(tmp_path):
     config = tiny.get_config()
     with config.unlocked():
@@ -258,3 +281,13 @@ def test_graft_copies_matching_leaves_under_prefix():
     np.testing.assert_array_equal(merged["backbone"]["conv"]["kernel"], np.ones((3, 3)))
     np.testing.assert_array_equal(merged["backbone"]["conv"]["bias"], np.zeros(3))
     np.testing.assert_array_equal(merged["head"]["w"], np.zeros(2))
+
+
+def test_truncate_after_drops_records_past_the_resumed_step(tmp_path):
+    from jdet.metrics import read_jsonl, truncate_after
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "train/loss": 1.0}) + "\n" for s in (1, 2, 3)))
+    assert truncate_after(path, 1) == 2
+    assert [r["step"] for r in read_jsonl(path)] == [1]
+    assert truncate_after(path, 5) == 0 and truncate_after(tmp_path / "none.jsonl", 0) == 0
