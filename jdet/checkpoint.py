@@ -147,14 +147,26 @@ class RunCheckpoints:
         return state.replace(**out[STATE]), out[DATA], step
 
     def restore_params(self, step: int | None = None) -> dict[str, Any]:
-        """{"params", "batch_stats"} of a checkpoint as host arrays (for `config.init`)."""
+        """{"params", "batch_stats"} of a checkpoint as host arrays (for `config.init`).
+
+        Works whatever device count saved it: the target is built from the checkpoint's
+        metadata on this process's first device (restoring without a target reuses the saved
+        shardings and fails on another topology)."""
         step = self.manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        tree = self.manager.restore(
-            step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore()})
+        with ocp.StandardCheckpointer() as reader:
+            meta = reader.metadata(self.directory / str(step) / STATE)
+        meta = getattr(meta, "item_metadata", meta)
+        meta = getattr(meta, "tree", meta)
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), meta
         )
-        return {k: tree[STATE][k] for k in ("params", "batch_stats")}
+        tree = self.manager.restore(
+            step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)})
+        )
+        return jax.device_get({k: tree[STATE][k] for k in ("params", "batch_stats")})
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
