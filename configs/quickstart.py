@@ -10,9 +10,8 @@ DINOv3 tiny support encoder and the prior-initialised prototype logit bias, 128�
 references, 2-way 3-shot 4-query episodes; 1,500 steps, evaluation every 500, best weights by
 mAP50. Target: ≤ 15 minutes on 2 CPU cores.
 
-Measured (shared 2-core AMD EPYC VM, one device, first run incl. generation, build and
-compilation): 18 min 40 s wall while a test run shared the cores for ~12 of those minutes
-(2.85 steps/s before it started, 1.6 after) — see the README for the clean-machine time.
+Measured (2-core AMD EPYC VM, one device, first run incl. generation, build and
+compilation, nothing else running): 10 min 44 s wall, 3 steps/s while training.
 Validation at step 1500 (8 unseen videos, 192 frames): ST-IoU 0.2005 at conf 0.25, mAP50
 0.4711, mAP50-95 0.2135; ST-IoU 0.371 with the confidence threshold (0.07) tuned on 8 other
 synthetic videos, vs 0.188 for template matching (1.98×), 0.010 full-frame, 0 empty.
