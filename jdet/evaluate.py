@@ -500,12 +500,7 @@ def _main_workdir(args: argparse.Namespace) -> int:
                     args.workdir, "the run has no validation set: pass --samples ROOT"
                 )
         e = config.eval
-        options = PredictOptions(
-            conf_threshold=e.conf_threshold,
-            iou_threshold=e.iou_threshold,
-            max_det=e.max_det,
-            batch_size=e.batch_size,
-        )
+        options = PredictOptions.from_eval_config(e)
         predictor = Predictor.from_checkpoint(args.workdir, options)
         records = load_samples(samples)
     except (CheckpointError, DatasetError, FileNotFoundError) as err:

@@ -59,6 +59,17 @@ class PredictOptions:
     max_det: int = 100
     batch_size: int = 8
 
+    @classmethod
+    def from_eval_config(cls, eval_config: Any) -> PredictOptions:
+        """The `eval` section of a training config (configs/common.py) → options."""
+        e = eval_config
+        return cls(
+            conf_threshold=e.conf_threshold,
+            iou_threshold=e.iou_threshold,
+            max_det=e.max_det,
+            batch_size=e.batch_size,
+        )
+
 
 def _config_from_json(text: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(text))

@@ -407,12 +407,7 @@ class Evaluator:
                 "annotations/annotations.json with boxes"
             )
         e = config.eval
-        options = PredictOptions(
-            conf_threshold=e.conf_threshold,
-            iou_threshold=e.iou_threshold,
-            max_det=e.max_det,
-            batch_size=e.batch_size,
-        )
+        options = PredictOptions.from_eval_config(e)
         predictor = Predictor(
             make_model(config),
             {"params": state.params, "batch_stats": state.batch_stats},

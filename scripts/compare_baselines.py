@@ -64,12 +64,7 @@ def main(argv=None) -> int:
     rows = []
 
     e = config.eval
-    options = PredictOptions(
-        conf_threshold=e.conf_threshold,
-        iou_threshold=e.iou_threshold,
-        max_det=e.max_det,
-        batch_size=e.batch_size,
-    )
+    options = PredictOptions.from_eval_config(e)
     predictor = Predictor.from_checkpoint(args.workdir, options)
     step = predictor.description.split("(step ")[-1].split(",")[0]
     name = f"jdet (best weights, step {step})" if "(step " in predictor.description else "jdet"

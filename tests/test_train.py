@@ -190,17 +190,11 @@ def test_check_flag_exits_zero(tmp_path, capsys):
     assert json.loads((tmp_path / "grad_report.json").read_text())["all_finite"]
 
 
-def test_config_typo_fails_with_suggestion(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "jdet.train",
-        "--config=configs/tiny.py",
-        f"--workdir={tmp_path / 'w'}",
-        "--config.train.total_step=5",
-    ]
-    proc = subprocess.run(
-        cmd,
+def _train_cli(workdir, *overrides):
+    """`python -m jdet.train --config=configs/tiny.py --workdir=W OVERRIDES` as a subprocess."""
+    cmd = [sys.executable, "-m", "jdet.train", "--config=configs/tiny.py", f"--workdir={workdir}"]
+    return subprocess.run(
+        [*cmd, *overrides],
         check=False,
         cwd=ROOT,
         capture_output=True,
@@ -208,29 +202,17 @@ def test_config_typo_fails_with_suggestion(tmp_path):
         timeout=120,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
+
+
+def test_config_typo_fails_with_suggestion(tmp_path):
+    proc = _train_cli(tmp_path / "w", "--config.train.total_step=5")
     assert proc.returncode != 0
     assert "total_steps" in proc.stderr  # the suggestion
     assert not (tmp_path / "w").exists()  # failed before anything ran
 
 
 def test_command_line_overrides_are_validated(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "jdet.train",
-        "--config=configs/tiny.py",
-        f"--workdir={tmp_path / 'w'}",
-        "--config.train.total_steps=0",
-    ]
-    proc = subprocess.run(
-        cmd,
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
+    proc = _train_cli(tmp_path / "w", "--config.train.total_steps=0")
     assert proc.returncode != 0
     assert "train.total_steps must be >= 1" in proc.stderr + proc.stdout
     assert not (tmp_path / "w").exists()
