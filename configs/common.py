@@ -1,7 +1,7 @@
 """Shared config builder: `base_config()` returns every field a recipe may set.
 
-Sections in order (DESIGN.md §4): seed, data, model, loss, optim, train, eval, debug, then
-`init` and `resume`. Durations are in steps. Recipes (`configs/*.py`) start from
+Sections in order (DESIGN.md §4): seed, data, model, loss, optim, train, eval, debug,
+distributed, then `init` and `resume`. Durations are in steps. Recipes (`configs/*.py`) start from
 `base_config()`, change what they need and return `finalize(config)`, which validates the
 config (ValueError naming the field) and locks it so a typo on the command line fails with a
 suggestion before anything compiles.
@@ -13,6 +13,7 @@ import dataclasses
 
 import ml_collections
 
+from jdet import distributed
 from jdet.losses import TERM_NAMES, LossConfig
 
 EVAL_METRICS = ("metrics/st_iou", "metrics/mAP50", "metrics/mAP50-95")
@@ -47,6 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.episodes_per_epoch = 500
     c.data.worker_count = 0
     c.data.num_threads = 2
+    # Batches read and copied to the devices ahead of the step, in a background thread
+    # (jdet.feed.DevicePrefetch); 0 = read each batch when the step needs it.
+    c.data.device_prefetch = 2
 
     c.model = ml_collections.ConfigDict()
     c.model.yolo_scale = "n"
@@ -94,12 +98,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.best_metric = "metrics/st_iou"  # higher is better; its best weights → workdir/best
 
     c.debug = ml_collections.ConfigDict()
-    c.debug.grad_check_every = 0  # 0: only at step 0
+    c.debug.grad_check_every = 0  # 0: only at step 0; -1: never
     c.debug.check_nans = True  # fetch the skip flag every step; dump non-finite batches
     c.debug.max_bad_steps = 10  # stop after this many consecutive non-finite steps
     # Debugging aid (reproduce the NaN forensics): comma-separated 0-based step numbers, as in
     # nan_dump/step_<n>, whose batch gets a NaN query image, e.g. "3" or "3,7"; "" = none.
     c.debug.inject_nan_steps = ""
+
+    # Multi-process runs (jdet.distributed): one process per host or GPU, same command on all.
+    # "auto" joins when a coordinator is named here or in JAX_COORDINATOR_ADDRESS, or under a
+    # SLURM / Open MPI job of several tasks; see jdet/distributed.py and the README.
+    c.distributed = ml_collections.ConfigDict(
+        dataclasses.asdict(distributed.DistributedConfig())
+    )
 
     c.init = ""  # weights folder (scripts/convert_weights.py) or checkpoint: params only
     c.resume = ""  # a run directory or checkpoint folder to continue from (full state)
@@ -128,9 +139,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for name in TERM_NAMES:
         if config.loss[name] < 0:
             raise ValueError(f"loss.{name} must be >= 0, got {config.loss[name]}")
-    if config.debug.grad_check_every < 0:
+    if config.debug.grad_check_every < -1:
         raise ValueError(
-            f"debug.grad_check_every must be >= 0, got {config.debug.grad_check_every}"
+            "debug.grad_check_every must be >= 0 (0: at step 0 only) or -1 (never), got "
+            f"{config.debug.grad_check_every}"
         )
     if config.debug.max_bad_steps < 1:
         raise ValueError(f"debug.max_bad_steps must be >= 1, got {config.debug.max_bad_steps}")
@@ -156,6 +168,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError('data.source must be "synthetic" or a raw dataset folder')
     if config.model.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"model.dtype must be float32 or bfloat16, got {config.model.dtype!r}")
+    if d.device_prefetch < 0:
+        raise ValueError(f"data.device_prefetch must be >= 0, got {d.device_prefetch}")
+    distributed.DistributedConfig.from_config(config.distributed).validate()
     if config.init and config.resume:
         raise ValueError("set at most one of init (params only) and resume (full state)")
 

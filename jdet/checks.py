@@ -56,11 +56,18 @@ def diagnose_terms(state, batch, rng, loss_cfg: LossConfig) -> dict:
     return report
 
 
-def grad_check(state, batch, rng, loss_cfg: LossConfig, workdir: pathlib.Path, step: int) -> dict:
+def grad_check(
+    state, batch, rng, loss_cfg: LossConfig, workdir: pathlib.Path, step: int, *, write=True
+) -> dict:
     """`grads.diagnose` on this batch: prints the table, writes workdir/grad_report.json and
-    appends the report to workdir/grad_checks.jsonl (for the plots). Returns the report."""
+    appends the report to workdir/grad_checks.jsonl (for the plots). Returns the report.
+
+    Every process of a multi-process run computes it (it is one sharded computation); only
+    the one with write=True (process 0) prints and writes."""
     report = diagnose_terms(state, batch, rng, loss_cfg)
     report["step"] = int(step)
+    if not write:
+        return report
     print(f"per-term gradient check at step {step}:\n{format_grad_report(report)}", flush=True)
     (workdir / "grad_report.json").write_text(json.dumps(report, indent=2) + "\n")
     with (workdir / "grad_checks.jsonl").open("a") as f:
@@ -136,20 +143,29 @@ def init_loss_check(
 def dump_nan(
     workdir: pathlib.Path,
     step: int,
-    batch: Mapping[str, np.ndarray],
+    host_batch: Mapping[str, np.ndarray],
+    batch: Mapping[str, Any],
     state,
     rng,
     loss_cfg: LossConfig,
 ) -> pathlib.Path:
-    """Write the batch (npz) and the per-term culprit report to workdir/nan_dump/step_<n>."""
+    """Write the batch (npz) and the per-term culprit report to workdir/nan_dump/step_<n>.
+
+    The report re-derives the terms on `batch`, the step's own sharded device batch, so it
+    sees the values the step saw. host_batch is this process's share of it: batch.npz, or
+    batch_process<i>.npz from each process of a multi-process run (the report from process 0).
+    """
     out = workdir / "nan_dump" / f"step_{step:08d}"
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "batch.npz", **{k: np.asarray(v) for k, v in batch.items()})
+    name = "batch.npz" if jax.process_count() == 1 else f"batch_process{jax.process_index()}.npz"
+    np.savez_compressed(out / name, **{k: np.asarray(v) for k, v in host_batch.items()})
     report = diagnose_terms(state, batch, rng, loss_cfg)
     culprits = [
         n for n, t in report["terms"].items() if not (t["value_finite"] and t["grad_finite"])
     ]
     report.update(step=int(step), culprits=culprits)
+    if jax.process_index() != 0:
+        return out
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(
         f"step {step}: non-finite loss or gradient (culprit terms: {culprits or 'none found'}); "

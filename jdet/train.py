@@ -14,7 +14,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -28,6 +28,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:  # orbax and others log every save at INFO
+        logging.set_verbosity(logging.WARNING)
     from jdet.trainer import train_and_evaluate
 
     try:  # again: --config.a.b=v overrides are applied after the recipe's own finalize()
@@ -39,6 +41,9 @@ def main(argv: list[str]) -> int:
             validate(_CONFIG.value)
         except ValueError as err:
             raise app.UsageError(f"invalid config: {err}") from None
+    from jdet import distributed
+
+    distributed.initialize(_CONFIG.value.get("distributed"))  # before anything starts JAX
     result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, check_only=_CHECK.value)
     if _CHECK.value:
         print("check passed" if result["ok"] else "check FAILED: non-finite term or gradient")

@@ -1,7 +1,9 @@
 """The training loop: `train_and_evaluate(config, workdir)` (DESIGN.md §3, §5).
 
-Data parallel over all devices: a ("data",) mesh, the batch sharded on "data", the TrainState
-replicated, one `jax.jit(train_step)` with donated state. Resume order: the latest checkpoint
+Data parallel over all devices of all processes (`jdet.distributed`): a ("data",) mesh, the
+batch sharded on "data", the TrainState replicated, one `jax.jit(train_step)` with donated
+state, compiled once; batches are read and copied to the devices ahead of the step
+(`jdet.feed.DevicePrefetch`). Resume order: the latest checkpoint
 in workdir → `config.resume` → `config.init` (params only) → scratch; the step RNG is
 `fold_in(root, step)` and the data iterator's position is checkpointed, so a resumed run
 continues bit-identically.
@@ -9,6 +11,7 @@ continues bit-identically.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import pathlib
@@ -20,8 +23,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jdet import checkpoint, checks
+from jdet import checkpoint, checks, distributed
 from jdet.data.episodes import EpisodeConfig
+from jdet.evaluator import BEST, Evaluator
+from jdet.feed import DevicePrefetch, as_host
 from jdet.losses import TERM_NAMES, LossConfig
 from jdet.metrics import MetricsWriter, train_record, truncate_after
 from jdet.models.refdet import RefDet, refdet_param_groups
@@ -29,7 +34,7 @@ from jdet.optim import OptimConfig, learning_rate_schedule, make_optimizer
 from jdet.plots import plot_run
 from jdet.steps import create_train_state, train_step
 
-BEST = "best"  # workdir/best: weights of the best evaluation (jdet.predict.BEST)
+__all__ = ["BEST", "Evaluator", "train_and_evaluate"]
 
 
 def episode_config(config: ml_collections.ConfigDict) -> EpisodeConfig:
@@ -151,20 +156,39 @@ def eval_samples(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pa
 
 
 def make_mesh(batch_size: int) -> tuple[jax.sharding.Mesh, Any, Any]:
-    """(mesh, replicated sharding, batch sharding) over all devices."""
+    """(mesh, replicated sharding, batch sharding) over all devices of all processes."""
     n = jax.device_count()
     if batch_size % n:
         raise ValueError(
             f"train.batch_size={batch_size} is not divisible by the {n} devices: choose a "
             f"multiple of {n} (each device takes an equal share of the batch)"
         )
-    mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    mesh = distributed.data_mesh()
     P = jax.sharding.PartitionSpec
     return mesh, jax.NamedSharding(mesh, P()), jax.NamedSharding(mesh, P("data"))
 
 
-def _step_inputs(batch: dict) -> dict:
-    return {k: np.asarray(v) for k, v in batch.items()}
+def process_episode_config(ecfg: EpisodeConfig) -> EpisodeConfig:
+    """What this process reads: its share of every global batch's episodes."""
+    count = jax.process_count()
+    if ecfg.episodes_per_batch % count:
+        raise ValueError(
+            f"a batch holds {ecfg.episodes_per_batch} episode(s) (train.batch_size / "
+            f"(data.n_way·data.q_query)), which {count} processes cannot share: make it a "
+            f"multiple of {count}"
+        )
+    return dataclasses.replace(ecfg, episodes_per_batch=ecfg.episodes_per_batch // count)
+
+
+def _prepare_data_once(config, workdir: pathlib.Path) -> pathlib.Path:
+    """Process 0 generates and builds the data first; the others then find it built (on a
+    shared filesystem) or build their own copy."""
+    if distributed.is_main():
+        data_dir = prepare_data(config, workdir)
+    distributed.barrier("jdet-data")
+    if not distributed.is_main():
+        data_dir = prepare_data(config, workdir)
+    return data_dir
 
 
 def initial_state(config, model, example: dict, workdir: pathlib.Path, repl):
@@ -231,63 +255,75 @@ def train_and_evaluate(
     check_only: run the first batch only (expected loss at init + per-term gradient check);
     the summary's "ok" is False when a term or gradient is not finite or a term is more than
     2× off what uniform logits give.
+
+    Multi-process (`config.distributed`, jdet.distributed): every process runs this with the
+    same config and workdir; process 0 alone logs and writes all but the checkpoints.
     """
     from jdet.data.pipeline import make_iterator
 
+    distributed.initialize(config.get("distributed"))
+    main = distributed.is_main()
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    if main:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     ecfg = episode_config(config)
     _, repl, data_sharding = make_mesh(config.train.batch_size)
-    data_dir = prepare_data(config, workdir)
+    local_ecfg = process_episode_config(ecfg)
+    data_dir = _prepare_data_once(config, workdir)
     iterator = make_iterator(
         data_dir,
         "train",
-        ecfg,
+        local_ecfg,
         seed=config.seed,
         worker_count=config.data.worker_count,
         num_threads=config.data.num_threads,
     )
-    example = _step_inputs(next(iterator))
+    first = as_host(next(iterator))
+    example = distributed.global_batch(first, data_sharding)
     model = make_model(config)
     state, data_state, origin = initial_state(config, model, example, workdir, repl)
-    if data_state is not None:  # resumed: forget what was logged after that checkpoint
+    if data_state is not None and main:  # resumed: forget what was logged after that checkpoint
         for name in ("metrics.jsonl", "grad_checks.jsonl"):
             truncate_after(workdir / name, int(state.step))
     iterator.set_state(
         data_state or {"position": 0, "signature": iterator.get_state()["signature"]}
     )
-    print(
-        f"jdet: {origin}; {jax.device_count()} device(s) ({jax.devices()[0].platform})", flush=True
-    )
+    if main:
+        print(
+            f"jdet: {origin}; {jax.device_count()} device(s) ({jax.devices()[0].platform}) in "
+            f"{jax.process_count()} process(es)",
+            flush=True,
+        )
     root_rng = jax.random.PRNGKey(config.seed + 1)
     lcfg, weights = loss_config(config), loss_weights(config)
     if check_only:
         iterator.close()
-        return _check_first_batch(config, state, example, root_rng, lcfg, workdir, data_sharding)
+        return _check_first_batch(config, state, first, example, root_rng, lcfg, workdir)
     try:
-        return _loop(config, workdir, state, iterator, root_rng, lcfg, weights, repl, data_sharding)
+        return _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl)
     finally:
         iterator.close()
 
 
-def _check_first_batch(config, state, example, root_rng, lcfg, workdir, data_sharding) -> dict:
+def _check_first_batch(config, state, host, batch, root_rng, lcfg, workdir) -> dict:
     """--check: expected loss at init, per-term gradient table, grad_report.json."""
-    batch = jax.device_put(example, data_sharding)
     rng = jax.random.fold_in(root_rng, state.step)
     stats = checks.init_statistics(state, batch, rng, lcfg)
     expected = checks.expected_init_losses(lcfg, stats)
-    print(
-        f"first batch: {stats['num_fg']:.0f} foreground anchors, task-aligned score sum "
-        f"{stats['target_score_sum']:.4g}; expected at uniform logits: "
-        + ", ".join(f"{k} ≈ {v:.4g}" for k, v in expected.items()),
-        flush=True,
-    )
-    report = checks.grad_check(state, batch, rng, lcfg, workdir, int(state.step))
+    main = distributed.is_main()
+    if main:
+        print(
+            f"first batch: {stats['num_fg']:.0f} foreground anchors, task-aligned score sum "
+            f"{stats['target_score_sum']:.4g}; expected at uniform logits: "
+            + ", ".join(f"{k} ≈ {v:.4g}" for k, v in expected.items()),
+            flush=True,
+        )
+    report = checks.grad_check(state, batch, rng, lcfg, workdir, int(state.step), write=main)
     warnings, errors = checks.init_loss_check(stats["terms"], expected)
-    for line in warnings:
+    for line in warnings if main else ():
         print(f"warning: {line}", flush=True)
-    for line in errors:
+    for line in errors if main else ():
         print(f"error: {line}", flush=True)
     ok = report["all_finite"] and not errors
     return {
@@ -300,9 +336,24 @@ def _check_first_batch(config, state, example, root_rng, lcfg, workdir, data_sha
     }
 
 
-def _loop(config, workdir, state, iterator, root_rng, lcfg, weights, repl, data_sharding) -> dict:
+def _nan_injector(steps: str):
+    """debug.inject_nan_steps: a NaN query image at those 0-based steps (forensics drill)."""
+    chosen = {int(s) for s in steps.split(",")} if steps else set()
+    if not chosen:
+        return None
+
+    def inject(step: int, host: dict) -> dict:
+        if step in chosen:
+            host = dict(host, query=np.full_like(host["query"], np.nan))
+        return host
+
+    return inject
+
+
+def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl) -> dict:
     from tqdm import tqdm
 
+    data_sharding = jax.NamedSharding(repl.mesh, jax.sharding.PartitionSpec("data"))
     step_fn = jax.jit(
         functools.partial(train_step, loss_weights=weights, loss_cfg=lcfg),
         in_shardings=(repl, data_sharding, repl),
@@ -311,32 +362,44 @@ def _loop(config, workdir, state, iterator, root_rng, lcfg, weights, repl, data_
     )
     lr_at = learning_rate_schedule(optim_config(config))
     t, dbg = config.train, config.debug
+    main = distributed.is_main()
     ckpts = checkpoint.RunCheckpoints(workdir / "checkpoints", keep=t.keep_ckpts)
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir) if main else None
     config_dict = json.loads(config.to_json_best_effort())
     start = int(state.step)
     bad_steps, last_record, last_eval, stopped = 0, None, None, ""
-    evaluator = Evaluator.create(config, workdir, state)
-    bar = tqdm(total=t.total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    samples = eval_samples(config, workdir) if main else None
+    evaluator = samples and Evaluator.create(config, workdir, state, model, samples)
+    bar = tqdm(
+        total=t.total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+        disable=not main,
+    )
     tick, tick_step = time.perf_counter(), start
+    feed = DevicePrefetch(
+        iterator,
+        data_sharding,
+        depth=config.data.device_prefetch,
+        start_step=start,
+        transform=_nan_injector(dbg.inject_nan_steps),
+    )
     try:
         for step in range(start, t.total_steps):
-            host_batch = _step_inputs(next(iterator))
-            if dbg.inject_nan_steps and step in {int(s) for s in dbg.inject_nan_steps.split(",")}:
-                # Debugging aid: a NaN query reproduces the skip + nan_dump forensics.
-                host_batch["query"] = np.full_like(host_batch["query"], np.nan)
-            batch = jax.device_put(host_batch, data_sharding)
-            if step == 0 or (dbg.grad_check_every and step % dbg.grad_check_every == 0):
+            fed = next(feed)
+            batch = fed.device
+            every = dbg.grad_check_every
+            if every >= 0 and (step == 0 or (every and step % every == 0)):
                 checks.grad_check(
-                    state, batch, jax.random.fold_in(root_rng, step), lcfg, workdir, step
+                    state, batch, jax.random.fold_in(root_rng, step), lcfg, workdir, step,
+                    write=main,
                 )
             state, metrics = step_fn(state, batch, root_rng)
             done = step + 1
-            if dbg.check_nans:
+            if dbg.check_nans:  # the one per-step host sync; debug.check_nans=False drops it
                 if int(metrics["skipped"]):
                     bad_steps += 1
                     checks.dump_nan(
-                        workdir, step, host_batch, state, jax.random.fold_in(root_rng, step), lcfg
+                        workdir, step, fed.host, batch, state,
+                        jax.random.fold_in(root_rng, step), lcfg,
                     )
                     if bad_steps >= dbg.max_bad_steps:
                         stopped = f"{bad_steps} consecutive non-finite steps (debug.max_bad_steps)"
@@ -346,14 +409,15 @@ def _loop(config, workdir, state, iterator, root_rng, lcfg, weights, repl, data_
             if done % t.log_every_steps == 0 or done == t.total_steps:
                 host = jax.device_get(metrics)
                 last_record = train_record(done, host, lr_at(step))
-                writer.write(last_record)
+                if writer is not None:
+                    writer.write(last_record)
                 now = time.perf_counter()
                 rate = (done - tick_step) * t.batch_size / max(now - tick, 1e-9)
                 tick, tick_step = now, done
                 bar.set_postfix(loss=f"{last_record['train/loss']:.4g}", img_s=f"{rate:.1f}")
             bar.update(1)
             if done % t.ckpt_every_steps == 0 or done == t.total_steps:
-                ckpts.save(done, state, iterator.get_state(), config_dict)
+                ckpts.save(done, state, fed.data_state, config_dict)
             if evaluator and (
                 done == t.total_steps or (t.eval_every_steps and done % t.eval_every_steps == 0)
             ):
@@ -361,14 +425,16 @@ def _loop(config, workdir, state, iterator, root_rng, lcfg, weights, repl, data_
                 writer.write(last_eval)
                 bar.write(evaluator.summary_line(last_eval))
     finally:
+        feed.close()
         bar.close()
         ckpts.wait()
         ckpts.close()
-        writer.close()
-    if stopped:
+        if writer is not None:
+            writer.close()
+    if stopped and main:
         print(f"stopped: {stopped}", flush=True)
-    plots = plot_run(workdir)
-    if evaluator is not None:
+    plots = plot_run(workdir) if main else []
+    if evaluator:
         plots += evaluator.plots
     return {
         "step": int(state.step),
@@ -376,83 +442,6 @@ def _loop(config, workdir, state, iterator, root_rng, lcfg, weights, repl, data_
         "eval": last_eval,
         "stopped": stopped,
         "plots": [str(p) for p in plots],
+        "compiles": step_fn._cache_size(),  # 1: one compilation served every step
         "state": state,
     }
-
-
-class Evaluator:
-    """Periodic evaluation during training: the current weights run over the validation
-    videos (jdet.predict), scored with jdet.evaluate (ST-IoU, mAP50, mAP50-95); the best
-    weights by `eval.best_metric` are kept in workdir/best (what `jdet.predict` loads)."""
-
-    def __init__(self, config, workdir: pathlib.Path, predictor, records):
-        self.config, self.workdir = config, workdir
-        self.predictor, self.records = predictor, records
-        self.metric = config.eval.best_metric
-        self.best = checkpoint.best_value(workdir / BEST)
-        self.plots: list[pathlib.Path] = []
-
-    @classmethod
-    def create(cls, config, workdir: pathlib.Path, state) -> Evaluator | None:
-        from jdet.predict import PredictOptions, Predictor, load_samples
-
-        samples = eval_samples(config, workdir)
-        if samples is None:
-            return None
-        records = load_samples(samples)
-        missing = [r.video_id for r in records if not r.boxes]
-        if len(missing) == len(records):
-            raise ValueError(
-                f"eval.samples={samples}: no video has annotations; evaluation needs "
-                "annotations/annotations.json with boxes"
-            )
-        e = config.eval
-        options = PredictOptions.from_eval_config(e)
-        predictor = Predictor(
-            make_model(config),
-            {"params": state.params, "batch_stats": state.batch_stats},
-            query_size=config.data.query_size,
-            support_size=config.data.support_size,
-            options=options,
-        )
-        return cls(config, workdir, predictor, records)
-
-    def __call__(self, state, step: int, *, final: bool = False) -> dict[str, Any]:
-        from jdet import evaluate
-
-        e = self.config.eval
-        self.predictor.variables = {"params": state.params, "batch_stats": state.batch_stats}
-        result = evaluate.evaluate_records(
-            self.predictor,
-            self.records,
-            stride=e.stride,
-            max_frames=e.max_frames or None,
-            conf_threshold=e.conf_threshold,
-            progress=False,
-        )
-        record = {"step": int(step), **result.metrics}
-        value = record[self.metric]
-        if self.best is None or value >= self.best:  # ties: the later, longer-trained weights
-            self.best = value
-            variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-            checkpoint.save_best(
-                self.workdir / BEST,
-                variables,
-                {
-                    "step": int(step),
-                    "metric": self.metric,
-                    "value": value,
-                    "config": json.loads(self.config.to_json_best_effort()),
-                },
-            )
-        record["metrics/best"] = self.best
-        if final:
-            self.plots = evaluate.write_report(self.workdir, result, self.records)
-        return record
-
-    def summary_line(self, record: dict[str, Any]) -> str:
-        return (
-            f"eval @ step {record['step']}: ST-IoU {record['metrics/st_iou']:.4f}, "
-            f"mAP50 {record['metrics/mAP50']:.4f}, mAP50-95 {record['metrics/mAP50-95']:.4f} "
-            f"(best {self.metric.removeprefix('metrics/')} {self.best:.4f})"
-        )

@@ -306,6 +306,28 @@ def test_two_shards_are_disjoint_and_cover_the_epoch(built):
     assert not np.array_equal(full[0]["query"], full[8]["query"])  # epochs differ
 
 
+def test_process_batches_concatenate_to_the_global_batch(built):
+    """Two processes with 2 episodes each per batch: process 0's batch followed by process
+    1's is the one-process batch of 4 episodes (what jdet.distributed.global_batch builds)."""
+    one = make_dataset(
+        built, "train", EpisodeConfig(**SMALL, episodes_per_batch=4), seed=5, num_epochs=1,
+        process_index=0, process_count=1,
+    )
+    parts = [
+        make_dataset(
+            built, "train", EpisodeConfig(**SMALL, episodes_per_batch=2), seed=5, num_epochs=1,
+            process_index=p, process_count=2,
+        )
+        for p in range(2)
+    ]
+    assert len(one) == 2 and [len(p) for p in parts] == [2, 2]
+    glued = [
+        {k: np.concatenate([parts[0][i][k], parts[1][i][k]]) for k in BATCH_KEYS}
+        for i in range(2)
+    ]
+    assert_batches_equal(list(one), glued)
+
+
 def test_negative_share_and_negative_frames_have_no_boxes(built):
     cfg = EpisodeConfig(**SMALL, negative_ratio=0.3)
     loader = EpisodeLoader(built, "train", cfg)

@@ -34,6 +34,7 @@ def run(tmp_path_factory):
 def test_tiny_run_writes_run_directory(run):
     workdir, result, _ = run
     assert result["step"] == 3 and not result["stopped"]
+    assert result["compiles"] == 1  # one XLA compilation of the train step served all 3 steps
     records = [r for r in records_all(workdir) if "train/loss" in r]
     assert [r["step"] for r in records] == [1, 2, 3]
     for key in (

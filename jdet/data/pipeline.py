@@ -24,8 +24,11 @@ Determinism: batch i of a process is a pure function of (seed, epoch, global epi
 indices), every random draw comes from ``np.random.SeedSequence([seed, epoch, episode])``
 (`episodes.episode_rngs`), so worker count, thread count and restarts never change it.
 
-Sharding: episode e of an epoch goes to process ``e % process_count``; the processes'
-batches are disjoint and together are exactly the single-process epoch.
+Sharding: a global batch of ``E = episodes_per_batch · process_count`` episodes is split in
+contiguous blocks, process p taking episodes ``b·E + p·episodes_per_batch + j``, so the
+processes' batches are disjoint, together are exactly the single-process epoch, and
+concatenated in process order they are the single-process batch (`jdet.distributed`).
+``EpisodeConfig.episodes_per_batch`` is per process here.
 
 Resume: `EpisodeIterator` state is the number of batches already produced; `set_state`
 restarts grain from that index of the (index-addressable) MapDataset. The state is
@@ -80,14 +83,19 @@ def _process_shard(process_index: int | None, process_count: int | None) -> tupl
 
 @dataclasses.dataclass(frozen=True)
 class _EpisodeKey:
-    """(position in the repeated shard, local rank in the epoch) -> (epoch, global episode)."""
+    """(position in the repeated shard, local rank in the epoch) -> (epoch, global episode):
+    local rank l is episode j = l mod per_batch of this process's block of global batch
+    b = l div per_batch."""
 
     per_process: int
+    per_batch: int
     process_index: int
     process_count: int
 
     def __call__(self, position: int, local: int) -> tuple[int, int]:
-        return position // self.per_process, self.process_index + self.process_count * local
+        b, j = divmod(local, self.per_batch)
+        block = (b * self.process_count + self.process_index) * self.per_batch
+        return position // self.per_process, block + j
 
 
 def make_dataset(
@@ -115,7 +123,7 @@ def make_dataset(
             f"no batch of {per_batch} episodes to each of {process_count} processes"
         )
     loader = EpisodeLoader(data_dir, split, config, seed=seed)
-    key = _EpisodeKey(per_process, process_index, process_count)
+    key = _EpisodeKey(per_process, per_batch, process_index, process_count)
     return (
         grain.MapDataset.range(per_process)
         .repeat(num_epochs)
@@ -156,7 +164,8 @@ def make_iterator(
         videos=[[v["video_id"], v["count"]] for v in metadata["splits"].get(split, [])],
         split=split,
         seed=seed,
-        shard=[process_index, process_count],
+        # Not the process index: every process restores process 0's saved state.
+        process_count=process_count,
         config=dataclasses.asdict(config),
     )
     return EpisodeIterator(
