@@ -6,6 +6,7 @@
     python3 scripts/bench.py data [--size 320x192 --query-size 320 --workers 0,2]   (bench_data.py)
     python3 scripts/bench.py infer [--frames 48] [--sizes 320,640]   (bench_infer.py)
     python3 scripts/bench.py train [--batch 8] [--image 320] [--repeats 5] [--no-torch]   (bench_train.py)
+    python3 scripts/bench.py all [--quick] [--no-torch] [--json PATH]   (bench_all.py: one table of all)
 
 models: forward and forward+backward of the query branch (YOLOv8n, batch 8, 320²) and of the
 support encoders (DINOv3 ViT-S/16, DINOv2 ViT-S/14 on 3 references at 256²), jdet vs the
@@ -50,41 +51,49 @@ def _time(fn, *args, repeats: int) -> tuple[float, float]:
     return first, statistics.median(times)
 
 
-def bench_losses(args) -> None:
+def measure_losses(args) -> dict:
+    """The `losses` table's numbers: {"rows": [{name, first_s, median_s}], "num_anchors",
+    "num_terms", "one_backward_s", "per_term_ratio" (method=vmap ÷ one backward)}."""
     params, inputs, targets, apply_fn = make_probe(
         jax.random.PRNGKey(0), batch=args.batch, image=args.image, num_boxes=args.boxes
     )
     cfg = LossConfig()
     terms_fn = probe_terms_fn(apply_fn, cfg)
     outputs = jax.jit(apply_fn)(params, inputs)
-    num_anchors = outputs["dist"].shape[1]
 
     def total(p, x, t):
         return weighted_total(terms_fn(p, x, t), WEIGHTS)
 
-    head_fwd = jax.jit(apply_fn)
-    fwd = jax.jit(lambda o, t: loss_terms(o, t, cfg)[0])
-    fwd_head = jax.jit(lambda p, x, t: terms_fn(p, x, t))
-    bwd = jax.jit(jax.value_and_grad(total))
-    per_term = jax.jit(lambda p, x, t: per_term_grads(terms_fn, p, x, t))
-
-    sep = jax.jit(lambda p, x, t: per_term_grads(terms_fn, p, x, t, method="separate"))
     num_terms = len(terms_fn(params, inputs, targets))
-
+    head_inputs = (params, inputs, targets)
+    cases = [
+        ("head forward only (reference)", jax.jit(apply_fn), (params, inputs)),
+        ("loss_terms forward", jax.jit(lambda o, t: loss_terms(o, t, cfg)[0]), (outputs, targets)),
+        ("head + loss_terms forward", jax.jit(terms_fn), head_inputs),
+        ("forward + backward, weighted total (one backward)", jax.jit(jax.value_and_grad(total)), head_inputs),
+    ]
+    for method, what in [("vmap", "one vjp"), ("separate", "K grads, one jit")]:
+        fn = jax.jit(lambda p, x, t, m=method: per_term_grads(terms_fn, p, x, t, method=m))
+        cases.append((f"per_term_grads, {num_terms} terms, method={method} ({what})", fn, head_inputs))
     rows = []
-    for name, fn, a in [
-        ("head forward only (reference)", head_fwd, (params, inputs)),
-        ("loss_terms forward", fwd, (outputs, targets)),
-        ("head + loss_terms forward", fwd_head, (params, inputs, targets)),
-        ("forward + backward, weighted total (one backward)", bwd, (params, inputs, targets)),
-        (f"per_term_grads, {num_terms} terms, method=vmap (one vjp)", per_term, (params, inputs, targets)),
-        (f"per_term_grads, {num_terms} terms, method=separate (K grads, one jit)", sep, (params, inputs, targets)),
-    ]:
+    for name, fn, a in cases:
         first, med = _time(fn, *a, repeats=args.repeats)
-        rows.append((name, first, med))
-    one_bwd = rows[3][2]
+        rows.append({"name": name, "first_s": first, "median_s": med})
+    one_bwd = rows[3]["median_s"]
+    return {
+        "rows": rows,
+        "num_anchors": outputs["dist"].shape[1],
+        "num_terms": num_terms,
+        "one_backward_s": one_bwd,
+        "per_term_ratio": rows[4]["median_s"] / one_bwd,
+    }
+
+
+def bench_losses(args) -> None:
+    result = measure_losses(args)
+    rows, one_bwd, num_terms = result["rows"], result["one_backward_s"], result["num_terms"]
     print(
-        f"jdet losses benchmark: batch {args.batch}, {args.image}x{args.image}, {num_anchors} anchors, "
+        f"jdet losses benchmark: batch {args.batch}, {args.image}x{args.image}, {result['num_anchors']} anchors, "
         f"{args.boxes} GT slots, 17 bins, 2 ways; jax {jax.__version__} on "
         f"{jax.devices()[0].platform} ({platform.processor() or platform.machine()}), "
         f"median of {args.repeats}"
@@ -92,15 +101,22 @@ def bench_losses(args) -> None:
     print()
     print("| step | compile + first call (s) | time per call (ms) | × one backward |")
     print("|---|---:|---:|---:|")
-    for name, first, med in rows:
-        print(f"| {name} | {first:.2f} | {med * 1e3:.1f} | {med / one_bwd:.2f} |")
+    for row in rows:
+        print(f"| {row['name']} | {row['first_s']:.2f} | {row['median_s'] * 1e3:.1f} | {row['median_s'] / one_bwd:.2f} |")
     print()
     for row in rows[4:]:
-        ratio = row[2] / one_bwd
+        ratio = row["median_s"] / one_bwd
         print(
-            f"{row[0]}: {ratio:.2f}× one backward "
+            f"{row['name']}: {ratio:.2f}× one backward "
             f"(goal ≤ {num_terms + 1}×: {'met' if ratio <= num_terms + 1 else 'NOT met'})"
         )
+
+
+def add_losses_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--image", type=int, default=320)
+    parser.add_argument("--boxes", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=20)
 
 
 def _torch_time(fn, repeats: int) -> tuple[float, float]:
@@ -272,11 +288,7 @@ def bench_step(args) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    p = sub.add_parser("losses", help="loss_terms and per-term gradient cost")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--image", type=int, default=320)
-    p.add_argument("--boxes", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=20)
+    add_losses_arguments(sub.add_parser("losses", help="loss_terms and per-term gradient cost"))
     p = sub.add_parser("models", help="query branch and support encoder, jdet vs torch")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--image", type=int, default=320)
@@ -299,7 +311,14 @@ def main(argv=None) -> int:
 
     add_train_arguments(sub.add_parser("train", help="train-step throughput, jdet vs ultralytics"))
     add_infer_arguments(sub.add_parser("infer", help="jdet.predict frames/s on a 640×360 video"))
+    from bench_all import add_arguments as add_all_arguments
+    from bench_all import bench_all
+
+    add_all_arguments(sub.add_parser("all", help="every benchmark in one table (bench_all.py)"))
     args = parser.parse_args(argv)
+    if args.what == "all":
+        bench_all(args)
+        return 0
     if args.what == "data":
         bench_data(args)
         return 0

@@ -13,7 +13,8 @@ peak RSS (resource.getrusage ru_maxrss) is its own: "main" is the process consum
 each episode also decodes N·K support photos (cached after the first use). The machine is
 shared and noisy: compare rows of one run, not runs.
 
-`bench_data(args)` is the entry point `scripts/bench.py data` calls.
+`bench_data(args)` is the entry point `scripts/bench.py data` calls; `measure_data(args)` returns
+the numbers (`scripts/bench.py all` uses it).
 """
 
 from __future__ import annotations
@@ -78,10 +79,11 @@ def _run_isolated(*args) -> dict:
     return result
 
 
-def _prepare(args, tmp: pathlib.Path) -> str:
-    """The data_dir to read: given, built from --src, or built from a synthetic dataset."""
+def _prepare(args, tmp: pathlib.Path, log) -> tuple[str, dict]:
+    """(data_dir to read: given, built from --src, or built from a synthetic dataset; build
+    numbers), logging what it generates and builds."""
     if args.data_dir:
-        return args.data_dir
+        return args.data_dir, {}
     from jdet.data import tfds_builder
 
     src = args.src
@@ -93,7 +95,7 @@ def _prepare(args, tmp: pathlib.Path) -> str:
         src = synthetic.generate(
             tmp / "raw", args.videos, 0, frames=args.frames, width=width, height=height
         )
-        print(
+        log(
             f"generated {args.videos} synthetic videos of {args.frames} frames "
             f"{width}x{height} in {time.perf_counter() - start:.1f} s"
         )
@@ -101,45 +103,59 @@ def _prepare(args, tmp: pathlib.Path) -> str:
     result = tfds_builder.build_dataset(src, tmp / "tfds", val_fraction=0.2, seed=0)
     seconds = time.perf_counter() - start
     frames = sum(result.num_examples[tfds_builder.FRAMES].values())
-    print(
+    log(
         f"build (validate + decode + JPEG + ArrayRecord): {frames} frames in {seconds:.1f} s "
         f"= {frames / seconds:.0f} frames/s"
     )
-    return str(tmp / "tfds")
+    return str(tmp / "tfds"), {"build_frames": frames, "build_frames_per_s": frames / seconds}
+
+
+def _episode_config(args):
+    from jdet.data.episodes import EpisodeConfig
+
+    return EpisodeConfig(query_size=args.query_size, episodes_per_batch=args.episodes_per_batch)
+
+
+def measure_data(args, log=print) -> dict:
+    """The pipeline table's numbers for `args`: {"rows": [{workers, threads, first_s,
+    episodes_per_s, images_per_s, main_rss_mib, worker_rss_mib}], build numbers}; `log` gets
+    the generation and build lines."""
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+    cfg = _episode_config(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir, build = _prepare(args, pathlib.Path(tmp), log)
+        rows = [
+            {"workers": workers, "threads": args.threads}
+            | _run_isolated(data_dir, dataclasses.asdict(cfg), workers, args.threads, args.batches)
+            for workers in (int(w) for w in args.workers.split(","))
+        ]
+    return {"rows": rows, **build}
 
 
 def bench_data(args) -> None:
     """Print the pipeline table for `args` (see `add_arguments`)."""
-    import tensorflow_datasets as tfds
-
-    from jdet.data.episodes import EpisodeConfig
-
-    tfds.disable_progress_bar()
-    cfg = EpisodeConfig(query_size=args.query_size, episodes_per_batch=args.episodes_per_batch)
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir = _prepare(args, pathlib.Path(tmp))
+    cfg = _episode_config(args)
+    result = measure_data(args)
+    print(
+        f"\npipeline: {platform.processor() or platform.machine()}, {os.cpu_count()} "
+        f"CPUs; query {cfg.query_size}², support {cfg.support_size}², "
+        f"{cfg.n_way}-way {cfg.k_shot}-shot {cfg.q_query}-query, "
+        f"{cfg.episodes_per_batch} episode(s) per batch, mosaic p {cfg.mosaic_prob}, "
+        f"{args.batches} timed batches\n"
+    )
+    print(
+        "| workers | threads/process | first batch s | episodes/s | query images/s "
+        "| peak RSS main MiB | peak RSS worker MiB |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in result["rows"]:
         print(
-            f"\npipeline: {platform.processor() or platform.machine()}, {os.cpu_count()} "
-            f"CPUs; query {cfg.query_size}², support {cfg.support_size}², "
-            f"{cfg.n_way}-way {cfg.k_shot}-shot {cfg.q_query}-query, "
-            f"{cfg.episodes_per_batch} episode(s) per batch, mosaic p {cfg.mosaic_prob}, "
-            f"{args.batches} timed batches\n"
+            f"| {r['workers']} | {r['threads']} | {r['first_s']:.2f} | "
+            f"{r['episodes_per_s']:.2f} | {r['images_per_s']:.1f} | "
+            f"{r['main_rss_mib']:.0f} | {r['worker_rss_mib']:.0f} |"
         )
-        print(
-            "| workers | threads/process | first batch s | episodes/s | query images/s "
-            "| peak RSS main MiB | peak RSS worker MiB |"
-        )
-        print("|---:|---:|---:|---:|---:|---:|---:|")
-        for workers in (int(w) for w in args.workers.split(",")):
-            r = _run_isolated(
-                data_dir, dataclasses.asdict(cfg), workers, args.threads, args.batches
-            )
-            print(
-                f"| {workers} | {args.threads} | {r['first_s']:.2f} | "
-                f"{r['episodes_per_s']:.2f} | {r['images_per_s']:.1f} | "
-                f"{r['main_rss_mib']:.0f} | {r['worker_rss_mib']:.0f} |",
-                flush=True,
-            )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

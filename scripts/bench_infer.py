@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny model variants (smoke test)")
 
 
-def bench_infer(args: argparse.Namespace) -> None:
+def measure_infer(args: argparse.Namespace) -> dict:
+    """The inference table's numbers: {"frames", "decode_fps", "support", "rows": [{size,
+    compile_s, fps_cached, fps_recomputed, encode_s}]}."""
     from jdet.data import synthetic, zalo
     from jdet.data.video import iter_frames
     from jdet.models.refdet import RefDet
@@ -47,24 +49,16 @@ def bench_infer(args: argparse.Namespace) -> None:
         photos = [zalo.load_reference(p) for p in zalo.find_references(folder / "object_images")[0]]
         t0 = time.perf_counter()
         n = sum(1 for _ in iter_frames(video))
-        decode = n / (time.perf_counter() - t0)
+        result = {"frames": n, "decode_fps": n / (time.perf_counter() - t0), "rows": []}
 
         if args.tiny:
-            model, support = RefDet(yolo_scale="t2", encoder="dinov3-tiny", frozen_blocks=1, nc_base=0), 64
+            model, support = (
+                RefDet(yolo_scale="t2", encoder="dinov3-tiny", frozen_blocks=1, nc_base=0),
+                64,
+            )
         else:
             model, support = RefDet(nc_base=0), 256
-        print(
-            f"jdet.predict on a 640×360 video, {n} frames, batch {args.batch}, "
-            f"{'tiny variants' if args.tiny else 'YOLOv8n + DINOv3 ViT-S/16'} (random weights), "
-            f"3 references at {support}²; jax {jax.__version__} ({jax.devices()[0].platform}); "
-            f"decode alone {decode:.0f} frames/s"
-        )
-        print()
-        print(
-            "| query size | compile (s) | frames/s (prototypes cached) | frames/s (recomputed "
-            "per batch) | reference encoding (ms) |"
-        )
-        print("|---:|---:|---:|---:|---:|")
+        result["support"] = support
         for size in (int(s) for s in args.sizes.split(",")):
             example = {
                 "query": np.zeros((1, size, size, 3), np.float32),
@@ -92,12 +86,39 @@ def bench_infer(args: argparse.Namespace) -> None:
             cached = n / (time.perf_counter() - t0)
             batches = -(-n // args.batch)
             recomputed = n / (n / cached + batches * encode_s)
-            print(
-                f"| {size} | {compile_s:.1f} | {cached:.2f} | {recomputed:.2f} | "
-                f"{encode_s * 1e3:.0f} |"
+            result["rows"].append(
+                {
+                    "size": size,
+                    "compile_s": compile_s,
+                    "fps_cached": cached,
+                    "fps_recomputed": recomputed,
+                    "encode_s": encode_s,
+                }
             )
-        print()
-        print("(recomputed = measured cached time + one measured reference encoding per batch)")
+    return result
+
+
+def bench_infer(args: argparse.Namespace) -> None:
+    result = measure_infer(args)
+    print(
+        f"jdet.predict on a 640×360 video, {result['frames']} frames, batch {args.batch}, "
+        f"{'tiny variants' if args.tiny else 'YOLOv8n + DINOv3 ViT-S/16'} (random weights), "
+        f"3 references at {result['support']}²; jax {jax.__version__} ({jax.devices()[0].platform}); "
+        f"decode alone {result['decode_fps']:.0f} frames/s"
+    )
+    print()
+    print(
+        "| query size | compile (s) | frames/s (prototypes cached) | frames/s (recomputed "
+        "per batch) | reference encoding (ms) |"
+    )
+    print("|---:|---:|---:|---:|---:|")
+    for r in result["rows"]:
+        print(
+            f"| {r['size']} | {r['compile_s']:.1f} | {r['fps_cached']:.2f} | "
+            f"{r['fps_recomputed']:.2f} | {r['encode_s'] * 1e3:.0f} |"
+        )
+    print()
+    print("(recomputed = measured cached time + one measured reference encoding per batch)")
 
 
 def main(argv=None) -> int:
