@@ -8,12 +8,15 @@ names (`conv`, `bn`, `cv1`, `cv2`, `m_0` …) so conversion is a renaming.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Dtype = Any
 
@@ -24,6 +27,144 @@ BN_MOMENTUM = 0.97  # flax convention: ra = m·ra + (1 − m)·batch; torch mome
 def make_divisible(x: float, divisor: int = 8) -> int:
     """Smallest multiple of divisor ≥ x (ultralytics utils/ops.make_divisible)."""
     return int(-(-x // divisor) * divisor)
+
+
+# ---------------------------------------------------------------------------- fast path
+# The training step on CPU spends as much time in BatchNorm + SiLU (several elementwise passes
+# forward, more in autodiff's backward) and in the max-pool gradient (select-and-scatter) as in
+# many convolutions. The "fast" implementations below compute the same float32 functions with
+# hand-written gradients that touch each activation fewer times (scripts/profile_step.py
+# measures them; tests/test_fast_path.py checks values and gradients against the plain ones).
+# `layer_impl("plain")` switches back to Flax's own modules (same parameters and names).
+
+_IMPL = {"value": "fast"}
+# Parts of the fast path that can be turned off one by one (scripts/profile_step.py ab
+# --b fast-maxpool measures each one's share).
+_FAST_OPTS = {"bn_act": True, "maxpool": True}
+
+
+@contextlib.contextmanager
+def layer_impl(impl: str) -> Iterator[None]:
+    """Within the block, layers built/traced use "plain" (Flax's modules) or "fast" code."""
+    if impl not in ("plain", "fast"):
+        raise ValueError(f"layer impl must be 'plain' or 'fast', got {impl!r}")
+    old = _IMPL["value"]
+    _IMPL["value"] = impl
+    try:
+        yield
+    finally:
+        _IMPL["value"] = old
+
+
+def _fast() -> bool:
+    return _IMPL["value"] == "fast"
+
+
+def _bn_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Flax BatchNorm's statistics: mean and the clipped one-pass variance over N, H, W."""
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    mean2 = jnp.mean(x * x, axes)
+    return mean, jnp.maximum(0.0, mean2 - mean * mean)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def bn_act_train(x, scale, bias, eps: float, act: bool):
+    """Training-mode BatchNorm (batch statistics) + optional SiLU, as one differentiable op.
+
+    x [..., C] f32; scale, bias [C]. Returns (y, mean, var): y = silu((x − mean)·scale/√(var+eps)
+    + bias) (no SiLU when act is False) and the batch statistics for the running averages (their
+    cotangents are ignored: they only feed the non-differentiated `batch_stats`). Same function as
+    flax's BatchNorm (one-pass variance clipped at 0) followed by `nn.silu`; the backward pass
+    recomputes the normalised value from x instead of storing it.
+    """
+    return _bn_act_fwd(x, scale, bias, eps, act)[0]
+
+
+def _bn_act_apply(x, mean, mul, bias, act):
+    z = (x - mean) * mul + bias
+    return z * jax.nn.sigmoid(z) if act else z
+
+
+def _bn_act_fwd(x, scale, bias, eps, act):
+    mean, var = _bn_stats(x)
+    inv = lax.rsqrt(var + eps)
+    y = _bn_act_apply(x, mean, inv * scale, bias, act)
+    return (y, mean, var), (x, mean, inv, scale, bias)
+
+
+def _bn_act_bwd(eps, act, res, cts):
+    x, mean, inv, scale, bias = res
+    dy = cts[0]
+    axes = tuple(range(x.ndim - 1))
+    count = x.size // x.shape[-1]
+    xhat = (x - mean) * inv
+    if act:
+        z = xhat * scale + bias
+        sig = jax.nn.sigmoid(z)
+        dz = dy * (sig * (1.0 + z * (1.0 - sig)))
+    else:
+        dz = dy
+    dbias = jnp.sum(dz, axes)
+    dscale = jnp.sum(dz * xhat, axes)
+    dx = (scale * inv) * (dz - (dbias / count) - xhat * (dscale / count))
+    return dx, dscale, dbias
+
+
+bn_act_train.defvjp(_bn_act_fwd, _bn_act_bwd)
+
+
+class FastBatchNorm(nn.Module):
+    """flax.linen.BatchNorm over all but the last axis (same variables: params scale/bias,
+    batch_stats mean/var; same running-average update), optionally fused with SiLU.
+
+    Training mode goes through `bn_act_train`; eval mode is the plain affine map.
+    """
+
+    use_running_average: bool
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+    act: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (c,))
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (c,))
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        if self.use_running_average:
+            mul = lax.rsqrt(ra_var.value + self.epsilon) * scale
+            return _bn_act_apply(x, ra_mean.value, mul, bias, self.act)
+        y, mean, var = bn_act_train(x, scale, bias, self.epsilon, self.act)
+        if not self.is_initializing():
+            m = self.momentum
+            ra_mean.value = m * ra_mean.value + (1 - m) * mean
+            ra_var.value = m * ra_var.value + (1 - m) * var
+        return y
+
+
+def max_pool_same(x: jax.Array, size: int) -> jax.Array:
+    """Stride-1 "same" max-pool (−inf padding) over H, W of [B, H, W, C].
+
+    Fast path: separable maxima of shifted slices (W then H) whose gradient is elementwise
+    selects instead of XLA:CPU's slow select-and-scatter. On exact ties inside a window the
+    gradient is split between the tied inputs rather than given to the first one (both are
+    valid subgradients; ties do not occur for continuous activations).
+    """
+    pad = size // 2
+    if not (_fast() and _FAST_OPTS["maxpool"]):
+        return nn.max_pool(x, (size, size), strides=(1, 1), padding=((pad, pad), (pad, pad)))
+    h, w = x.shape[1], x.shape[2]
+    xp = jnp.pad(x, ((0, 0), (0, 0), (pad, pad), (0, 0)), constant_values=-jnp.inf)
+    y = xp[:, :, 0:w]
+    for i in range(1, size):
+        y = jnp.maximum(y, xp[:, :, i : i + w])
+    yp = jnp.pad(y, ((0, 0), (pad, pad), (0, 0), (0, 0)), constant_values=-jnp.inf)
+    out = yp[:, 0:h]
+    for i in range(1, size):
+        out = jnp.maximum(out, yp[:, i : i + h])
+    return out
 
 
 class PointwiseConv(nn.Module):
@@ -74,6 +215,14 @@ class ConvBNAct(nn.Module):
                 use_bias=False,
                 dtype=self.dtype,
                 name="conv",
+            )(x)
+        if _fast() and _FAST_OPTS["bn_act"] and jnp.dtype(self.dtype) == jnp.float32:
+            return FastBatchNorm(
+                use_running_average=not train,
+                momentum=self.bn_momentum,
+                epsilon=self.bn_eps,
+                act=self.act,
+                name="bn",
             )(x)
         x = nn.BatchNorm(
             use_running_average=not train,
@@ -137,13 +286,8 @@ class SPPF(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         hidden = x.shape[-1] // 2
         y = [ConvBNAct(hidden, 1, dtype=self.dtype, name="cv1")(x, train)]
-        pad = self.pool // 2
         for _ in range(3):
-            y.append(
-                nn.max_pool(
-                    y[-1], (self.pool, self.pool), strides=(1, 1), padding=((pad, pad), (pad, pad))
-                )
-            )
+            y.append(max_pool_same(y[-1], self.pool))
         return ConvBNAct(self.features, 1, dtype=self.dtype, name="cv2")(
             jnp.concatenate(y, axis=-1), train
         )
