@@ -181,15 +181,14 @@ def _run_jdet(row: str, args, cache_dir: str) -> dict:
     }
 
 
-def _run_torch(args, threads: int) -> dict:
-    """Child process: ultralytics YOLOv8n + v8DetectionLoss + torch AdamW, eager."""
+def ultralytics_step(args):
+    """step() → loss: one ultralytics YOLOv8n + v8DetectionLoss + torch AdamW step, eager, on
+    random images with `_gt_boxes` (args: batch, image, boxes)."""
     import types
 
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
-    if threads > 0:
-        torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", nc=1, verbose=False)
     model.args = types.SimpleNamespace(**YOLO_GAINS)  # what the trainer attaches (hyp gains)
@@ -212,6 +211,16 @@ def _run_torch(args, threads: int) -> dict:
         optimizer.step()
         return float(items.sum())
 
+    return step
+
+
+def _run_torch(args, threads: int) -> dict:
+    """Child process: `ultralytics_step` timed."""
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    step = ultralytics_step(args)
     first = step()  # warm-up, untimed
     times = []
     for _ in range(args.repeats):

@@ -76,9 +76,9 @@ def parts(args) -> None:
     import jax
     import jax.numpy as jnp
     import optax
+    from bench_train import YOLO_GAINS
 
     from jdet.losses import LossConfig, loss_terms, weighted_total
-    from bench_train import YOLO_GAINS
 
     step, state, batch, rng = _setup(args.batch, args.image)
     apply = state.apply_fn
@@ -253,7 +253,7 @@ def trace(args) -> None:
         print(f"\n| {title} | ms/step (op time) | % |\n|---|---:|---:|")
         for k, v in table.most_common():
             print(f"| {k} | {v:.1f} | {100 * v / total:.0f} |")
-    print(f"\n| layer, phase | ms/step |\n|---|---:|")
+    print("\n| layer, phase | ms/step |\n|---|---:|")
     for (layer, phase), v in layers.most_common(args.top // 2):
         print(f"| {layer}, {phase} | {v:.1f} |")
     print(f"\ntop {args.top} ops (ms/step):")
@@ -360,34 +360,7 @@ def _torch_server(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    # bench_train._run_torch with repeats=0 builds the model and runs its warm-up step; reuse
-    # its construction by running it once, then time steps on request.
-    import types
-
-    from ultralytics.nn.tasks import DetectionModel
-
-    torch.manual_seed(0)
-    model = DetectionModel("yolov8n.yaml", nc=1, verbose=False)
-    model.args = types.SimpleNamespace(**bench_train.YOLO_GAINS)
-    model.train()
-    model.criterion = model.init_criterion()
-    optimizer = torch.optim.AdamW(model.parameters())
-    boxes = bench_train._gt_boxes(args.batch, args.image, args.boxes).reshape(-1, 4) / args.image
-    xywh = np.concatenate([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], -1)
-    batch = {
-        "img": torch.rand(args.batch, 3, args.image, args.image),
-        "batch_idx": torch.arange(args.batch).repeat_interleave(args.boxes).float(),
-        "cls": torch.zeros(len(xywh), 1),
-        "bboxes": torch.from_numpy(xywh),
-    }
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss, items = model.loss(batch)
-        loss.sum().backward()
-        optimizer.step()
-        return float(items.sum())
-
+    step = bench_train.ultralytics_step(args)
     step()
     print("ready", flush=True)
     for _ in sys.stdin:
