@@ -17,6 +17,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jdet import distributed
+
 META = "jdet_meta.json"
 TREE = "variables"
 
@@ -108,6 +110,9 @@ class RunCheckpoints:
 
     def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, async_save: bool = True):
         self.directory = pathlib.Path(directory).absolute()
+        # orbax syncs the processes with device collectives here and in saves, which give up
+        # on a peer after 30 s on CPU (Gloo): meet at a coordination-service barrier first.
+        distributed.barrier("checkpoint-manager")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save
         )
@@ -120,6 +125,7 @@ class RunCheckpoints:
 
     def save(self, step: int, state: Any, data_state: dict, config: dict) -> None:
         """Start an (asynchronous) save of step `step`."""
+        distributed.barrier("checkpoint-save")
         self.manager.save(
             step,
             args=ocp.args.Composite(

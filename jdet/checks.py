@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jdet.distributed import compile_synchronized
 from jdet.grads import diagnose, format_grad_report
 from jdet.losses import LossConfig, loss_terms
 
@@ -51,7 +52,9 @@ def diagnose_terms(state, batch, rng, loss_cfg: LossConfig) -> dict:
     (`scripts/bench.py losses`)."""
     terms_fn = make_terms_fn(state.apply_fn, loss_cfg)
     args = (batch, rng, state.batch_stats, state.wiou_state)
-    report, _ = diagnose(terms_fn, state.params, *args, method="separate")
+    report, _ = diagnose(
+        terms_fn, state.params, *args, method="separate", compile_fn=compile_synchronized
+    )
     report["method"] = "separate"
     return report
 

@@ -20,6 +20,7 @@ initialises (cluster auto-detection then must succeed); "off" never does.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +29,7 @@ import jax
 import numpy as np
 
 MODES = ("auto", "on", "off")
+_SETTINGS = {"barrier_timeout_s": 3600}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,7 @@ class DistributedConfig:
     local_device_ids: str = ""  # e.g. "0,1"; "" = all of this host's accelerators
     cpu_devices: int = 0  # virtual CPU devices per process (CPU runs); 0 = the default
     timeout_s: int = 300  # how long to wait for every process to join
+    barrier_timeout_s: int = 3600  # how long processes wait for each other at a barrier
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> DistributedConfig:
@@ -53,6 +56,8 @@ class DistributedConfig:
                 "distributed.coordinator_address must be host:port (e.g. node0:12345), got "
                 f"{self.coordinator_address!r}"
             )
+        if self.timeout_s < 1 or self.barrier_timeout_s < 1:
+            raise ValueError("distributed.timeout_s and distributed.barrier_timeout_s must be >= 1")
         if self.num_processes < 0 or self.process_id < -1 or self.cpu_devices < 0:
             raise ValueError(
                 "distributed.num_processes and distributed.cpu_devices must be >= 0 and "
@@ -110,6 +115,7 @@ def initialize(cfg: DistributedConfig | Mapping[str, Any] | None = None) -> bool
     if not isinstance(cfg, DistributedConfig):
         cfg = DistributedConfig.from_config(cfg)
     cfg.validate()
+    _SETTINGS["barrier_timeout_s"] = cfg.barrier_timeout_s
     started = _backends_started()
     if cfg.cpu_devices:
         if not started:
@@ -158,12 +164,35 @@ def is_main() -> bool:
     return jax.process_index() == 0
 
 
-def barrier(name: str) -> None:
-    """Wait until every process reaches this point (no-op on one process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+_BARRIER_COUNT = itertools.count()
 
-        multihost_utils.sync_global_devices(name)
+
+def barrier(name: str, timeout_s: float | None = None) -> None:
+    """Wait until every process reaches this point (no-op on one process).
+
+    A barrier of the coordination service (no device collective), with a long timeout
+    (`DistributedConfig.barrier_timeout_s`): processes may legitimately drift apart by
+    minutes (process 0 building the dataset or evaluating, uneven compile times), while Gloo's
+    CPU collectives give up on a peer after 30 s. All processes must call the same barriers
+    in the same order.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed
+
+    timeout = _SETTINGS["barrier_timeout_s"] if timeout_s is None else timeout_s
+    barrier_id = f"jdet/{name}/{next(_BARRIER_COUNT)}"
+    jax_distributed.global_state.client.wait_at_barrier(barrier_id, int(timeout * 1000))
+
+
+def compile_synchronized(jitted: Any, *args: Any, name: str = "compiled", **kwargs: Any) -> Any:
+    """`jitted.lower(*args, **kwargs).compile()`, then a `barrier`: the program's first
+    collective then starts on every process together, however long each took to compile.
+    Call the result with the non-static arguments; jax's caches make a repeated compile of
+    the same program free."""
+    compiled = jitted.lower(*args, **kwargs).compile()
+    barrier(name)
+    return compiled
 
 
 def data_mesh() -> jax.sharding.Mesh:

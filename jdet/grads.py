@@ -154,6 +154,7 @@ def diagnose(
     *args,
     has_aux: bool = False,
     method: str = "vmap",
+    compile_fn: Callable[..., Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, PyTree]]:
     """Per-term gradient check with attribution: the trainer's step-0 diagnostic.
 
@@ -164,9 +165,17 @@ def diagnose(
     Returns:
       (report, grads): the `grad_report` dict, with ``attribution`` = "shared" or "isolated",
       and the per-term gradients.
+
+    compile_fn(jitted, *args, **kwargs) → compiled, if given, compiles each program before
+    it runs (`jdet.distributed.compile_synchronized` in multi-process runs).
     """
     fast = jax.jit(per_term_grads, static_argnums=0, static_argnames=("has_aux", "method"))
-    out = fast(terms_fn, params, *args, has_aux=has_aux, method=method)
+    if compile_fn is None:
+        out = fast(terms_fn, params, *args, has_aux=has_aux, method=method)
+    else:
+        out = compile_fn(fast, terms_fn, params, *args, has_aux=has_aux, method=method)(
+            params, *args
+        )
     terms, grads = out[0], dict(out[1])
     stats = jax.device_get(grad_stats(grads))
     attribution = "shared"
@@ -176,7 +185,10 @@ def diagnose(
         for i, name in enumerate(names):
             if bool(stats["finite"][i]):
                 continue
-            grads[name] = jax.jit(jax.grad(_single_term(terms_fn, name, has_aux)))(params, *args)
+            single = jax.jit(jax.grad(_single_term(terms_fn, name, has_aux)))
+            if compile_fn is not None:
+                single = compile_fn(single, params, *args)
+            grads[name] = single(params, *args)
         stats = None
     report = grad_report(terms, grads, stats)
     report["attribution"] = attribution

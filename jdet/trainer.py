@@ -354,12 +354,13 @@ def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl
     from tqdm import tqdm
 
     data_sharding = jax.NamedSharding(repl.mesh, jax.sharding.PartitionSpec("data"))
-    step_fn = jax.jit(
+    jitted_step = jax.jit(
         functools.partial(train_step, loss_weights=weights, loss_cfg=lcfg),
         in_shardings=(repl, data_sharding, repl),
         out_shardings=(repl, repl),
         donate_argnums=0,
     )
+    step_fn, recompiles = None, _CompileCounter()
     lr_at = learning_rate_schedule(optim_config(config))
     t, dbg = config.train, config.debug
     main = distributed.is_main()
@@ -371,7 +372,11 @@ def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl
     samples = eval_samples(config, workdir) if main else None
     evaluator = samples and Evaluator.create(config, workdir, state, model, samples)
     bar = tqdm(
-        total=t.total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+        total=t.total_steps,
+        initial=start,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
         disable=not main,
     )
     tick, tick_step = time.perf_counter(), start
@@ -389,17 +394,32 @@ def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl
             every = dbg.grad_check_every
             if every >= 0 and (step == 0 or (every and step % every == 0)):
                 checks.grad_check(
-                    state, batch, jax.random.fold_in(root_rng, step), lcfg, workdir, step,
+                    state,
+                    batch,
+                    jax.random.fold_in(root_rng, step),
+                    lcfg,
+                    workdir,
+                    step,
                     write=main,
                 )
-            state, metrics = step_fn(state, batch, root_rng)
+            if step_fn is None:  # compiled once, ahead of its first run (all processes)
+                step_fn = distributed.compile_synchronized(
+                    jitted_step, state, batch, root_rng, name="train-step"
+                )
+            with recompiles:  # a compiled step cannot recompile: it would raise instead
+                state, metrics = step_fn(state, batch, root_rng)
             done = step + 1
             if dbg.check_nans:  # the one per-step host sync; debug.check_nans=False drops it
                 if int(metrics["skipped"]):
                     bad_steps += 1
                     checks.dump_nan(
-                        workdir, step, fed.host, batch, state,
-                        jax.random.fold_in(root_rng, step), lcfg,
+                        workdir,
+                        step,
+                        fed.host,
+                        batch,
+                        state,
+                        jax.random.fold_in(root_rng, step),
+                        lcfg,
                     )
                     if bad_steps >= dbg.max_bad_steps:
                         stopped = f"{bad_steps} consecutive non-finite steps (debug.max_bad_steps)"
@@ -418,12 +438,15 @@ def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl
             bar.update(1)
             if done % t.ckpt_every_steps == 0 or done == t.total_steps:
                 ckpts.save(done, state, fed.data_state, config_dict)
-            if evaluator and (
-                done == t.total_steps or (t.eval_every_steps and done % t.eval_every_steps == 0)
-            ):
+            eval_now = done == t.total_steps or (
+                t.eval_every_steps and done % t.eval_every_steps == 0
+            )
+            if evaluator and eval_now:
                 last_eval = evaluator(state, done, final=done == t.total_steps)
                 writer.write(last_eval)
                 bar.write(evaluator.summary_line(last_eval))
+            if eval_now:  # the other processes wait for process 0's evaluation
+                distributed.barrier("evaluation")
     finally:
         feed.close()
         bar.close()
@@ -442,6 +465,27 @@ def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl
         "eval": last_eval,
         "stopped": stopped,
         "plots": [str(p) for p in plots],
-        "compiles": step_fn._cache_size(),  # 1: one compilation served every step
+        # XLA compilations of the train step: 1 (ahead of time) + any during the steps (0)
+        "compiles": int(step_fn is not None) + recompiles.count,
         "state": state,
     }
+
+
+class _CompileCounter:
+    """Context manager counting XLA backend compilations (jax.monitoring) inside it."""
+
+    def __init__(self):
+        self.count, self._active = 0, False
+        from jax import monitoring
+
+        monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event: str, duration: float, **_: Any) -> None:
+        if self._active and event.endswith("backend_compile_duration"):
+            self.count += 1
+
+    def __enter__(self) -> None:
+        self._active = True
+
+    def __exit__(self, *exc: object) -> None:
+        self._active = False

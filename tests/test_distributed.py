@@ -177,7 +177,7 @@ def _launch(workdir: pathlib.Path, devices: int, process: int = 0, processes: in
         ]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # no forced device count
     cache = os.environ.get("JDET_TEST_CACHE", str(pathlib.Path.home() / ".cache/jdet/jax_tests"))
-    env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache)
+    env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache, TF_CPP_MIN_LOG_LEVEL="0")
     log = (workdir.parent / f"{workdir.name}.process{process}.log").open("w")
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 

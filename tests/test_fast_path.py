@@ -1,5 +1,5 @@
 """The fast layer implementations (jdet.models.layers: fused BatchNorm + SiLU with a hand-written
-gradient, separable max-pool) against the plain Flax ones, in float32: values, batch statistics
+gradient, separable max-pool, stride-2 3×3 convolution with a matmul input gradient) against the plain Flax ones, in float32: values, batch statistics
 and gradients agree to ~1e-5 relative, and the variables are the same (names, shapes)."""
 
 from __future__ import annotations
@@ -94,6 +94,29 @@ def test_max_pool_same_matches_flax_max_pool():
 def _rel_err(actual, expected) -> float:
     a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     return float(np.max(np.abs(a - e) / (np.abs(e) + 1e-2 * np.abs(e).max() + 1e-30)))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3, 5), (1, 4, 4, 16, 8), (2, 2, 10, 4, 4)])
+def test_strided_conv_gradients_match_lax(shape):
+    """conv3x3_s2's phase-by-phase input gradient equals the transposed strided convolution."""
+    b, h, w, ci, co = shape
+    x = jax.random.normal(jax.random.key(0), (b, h, w, ci))
+    k = jax.random.normal(jax.random.key(1), (3, 3, ci, co))
+    dy = jax.random.normal(jax.random.key(2), (b, h // 2, w // 2, co))
+    out, vjp = jax.vjp(layers.conv3x3_s2, x, k)
+    ref_out, ref_vjp = jax.vjp(layers._conv_s2, x, k)
+    close(out, ref_out, what="value")
+    for got, want, name in zip(vjp(dy), ref_vjp(dy), ("dx", "dw")):
+        close(got, want, what=name)
+    # Odd sizes keep nn.Conv (the phases assume an even input); the variables are the same.
+    module = layers.ConvBNAct(co, kernel=3, stride=2)
+    for size in (h, h + 1):
+        xs = jnp.ones((1, size, size, ci))
+        variables = module.init(jax.random.key(3), xs)
+        assert variables["params"]["conv"]["kernel"].shape == (3, 3, ci, co)
+        with layer_impl("plain"):
+            plain = module.init(jax.random.key(3), xs)
+        tree_close(variables, plain, what=f"init at {size}")
 
 
 def test_yolo_fast_matches_plain():

@@ -40,7 +40,7 @@ def make_divisible(x: float, divisor: int = 8) -> int:
 _IMPL = {"value": "fast"}
 # Parts of the fast path that can be turned off one by one (scripts/profile_step.py ab
 # --b fast-maxpool measures each one's share).
-_FAST_OPTS = {"bn_act": True, "maxpool": True}
+_FAST_OPTS = {"bn_act": True, "maxpool": True, "s2grad": True}
 
 
 @contextlib.contextmanager
@@ -182,6 +182,78 @@ class PointwiseConv(nn.Module):
         return jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
 
 
+def _conv_s2(x: jax.Array, w: jax.Array) -> jax.Array:
+    return lax.conv_general_dilated(
+        x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+@jax.custom_vjp
+def conv3x3_s2(x: jax.Array, w: jax.Array) -> jax.Array:
+    """3×3 convolution, stride 2, padding 1 (NHWC, HWIO) of an input with even H and W.
+
+    Same value and weight gradient as `lax.conv_general_dilated`; the input gradient is
+    computed by output phase as matmuls instead of XLA:CPU's transposed strided convolution
+    (a zero-dilated convolution on a slow generic path). Input row 2m gets kernel row 1 of
+    output row m; row 2m+1 gets kernel row 2 of output m and kernel row 0 of output m+1
+    (likewise for columns), so each of the 4 (row, column) phases of dx is one matmul of
+    dy and its shifted copies against the matching kernel taps.
+    """
+    return _conv_s2(x, w)
+
+
+def _conv_s2_fwd(x, w):
+    return _conv_s2(x, w), (x, w)
+
+
+# (phase, source) → kernel tap along one axis: phase 0/1 = even/odd input index, source
+# 0/1 = output index m / m + 1.
+_S2_TAPS = {(0, 0): 1, (1, 0): 2, (1, 1): 0}
+
+
+def _conv_s2_bwd(res, dy):
+    x, w = res
+    _, vjp_w = jax.vjp(lambda k: _conv_s2(x, k), w)
+    (dw,) = vjp_w(dy)
+    b, h, wd, _ = dy.shape
+    shift_y = jnp.pad(dy[:, 1:], ((0, 0), (0, 1), (0, 0), (0, 0)))
+    shift_x = jnp.pad(dy[:, :, 1:], ((0, 0), (0, 0), (0, 1), (0, 0)))
+    shift_xy = jnp.pad(dy[:, 1:, 1:], ((0, 0), (0, 1), (0, 1), (0, 0)))
+    sources = {(0, 0): dy, (0, 1): shift_x, (1, 0): shift_y, (1, 1): shift_xy}
+    phases = []
+    for py in (0, 1):
+        for px in (0, 1):
+            used = [
+                (src, w[_S2_TAPS[(py, sy)], _S2_TAPS[(px, sx)]])
+                for (sy, sx), src in sources.items()
+                if (py, sy) in _S2_TAPS and (px, sx) in _S2_TAPS
+            ]
+            lhs = jnp.concatenate([u[0] for u in used], -1)  # [B, h, w, n·C_out]
+            rhs = jnp.concatenate([u[1].T for u in used], 0)  # [n·C_out, C_in]
+            phases.append(lhs @ rhs)
+    ci = x.shape[-1]
+    dx = jnp.stack(phases, 3).reshape(b, h, wd, 2, 2, ci)  # [..., py, px, C_in]
+    dx = dx.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * wd, ci)
+    return dx, dw
+
+
+conv3x3_s2.defvjp(_conv_s2_fwd, _conv_s2_bwd)
+
+
+class StridedConv3x3(nn.Module):
+    """nn.Conv(features, (3, 3), strides 2, padding 1, no bias) through `conv3x3_s2`
+    (same parameter name, shape and initialiser)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features)
+        )
+        return conv3x3_s2(x, kernel)
+
+
 class ConvBNAct(nn.Module):
     """Conv2d(k, s, pad k//2, no bias) → BatchNorm → SiLU (ultralytics `Conv`).
 
@@ -205,6 +277,16 @@ class ConvBNAct(nn.Module):
             # A 1×1 convolution is a matmul over channels; XLA:CPU runs it ~15 % faster as a
             # dot than as a convolution (YOLOv8n eval forward, batch 8, 320²). Same parameter.
             x = PointwiseConv(self.features, dtype=self.dtype, name="conv")(x)
+        elif (
+            _fast()
+            and _FAST_OPTS["s2grad"]
+            and (self.kernel, self.stride, self.groups) == (3, 2, 1)
+            and x.shape[1] % 2 == 0
+            and x.shape[2] % 2 == 0
+            and jnp.dtype(self.dtype) == jnp.float32
+            and x.dtype == jnp.float32
+        ):
+            x = StridedConv3x3(self.features, name="conv")(x)
         else:
             x = nn.Conv(
                 self.features,
