@@ -160,10 +160,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(workdir: pathlib.Path, devices: int, process: int = 0, processes: int = 1, port=0):
+def _launch(workdir, devices: int, process=0, processes=1, port=0, steps=2, log_name=None):
     args = [
         sys.executable, "-m", "jdet.train", "--config=configs/tiny.py", f"--workdir={workdir}",
-        "--config.train.total_steps=2",
+        f"--config.train.total_steps={steps}",
         "--config.data.q_query=2",  # batch 8 = 2 episodes: one per process
         "--config.data.val_videos=0",
         "--config.debug.grad_check_every=-1",
@@ -178,7 +178,8 @@ def _launch(workdir: pathlib.Path, devices: int, process: int = 0, processes: in
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # no forced device count
     cache = os.environ.get("JDET_TEST_CACHE", str(pathlib.Path.home() / ".cache/jdet/jax_tests"))
     env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache, TF_CPP_MIN_LOG_LEVEL="0")
-    log = (workdir.parent / f"{workdir.name}.process{process}.log").open("w")
+    log_name = log_name or f"{workdir.name}.process{process}.log"
+    log = (workdir.parent / log_name).open("w")
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -193,14 +194,22 @@ def _params_at(workdir: pathlib.Path, step: int) -> dict:
 
 
 @pytest.mark.slow
-def test_two_processes_of_four_devices_train_like_one_of_eight(tmp_path):
-    port = _free_port()
-    two = tmp_path / "two"
-    jobs = [_launch(two, 4, p, 2, port) for p in range(2)]
-    jobs.append(_launch(tmp_path / "one", 8))
+def _wait(jobs, tmp_path) -> dict[str, str]:
     codes = [job.wait(timeout=900) for job in jobs]
     logs = {p.name: p.read_text() for p in tmp_path.glob("*.log")}
-    assert codes == [0, 0, 0], "\n\n".join(f"== {k}\n{v[-3000:]}" for k, v in logs.items())
+    assert codes == [0] * len(jobs), "\n\n".join(f"== {k}\n{v[-3000:]}" for k, v in logs.items())
+    return logs
+
+
+def test_two_processes_of_four_devices_train_like_one_of_eight(tmp_path):
+    """2 steps in 2 processes (checkpoints from both), 3 steps in 1; then the 2 processes
+    resume from their step-2 checkpoint (orbax restore across processes, iterator position)
+    and take step 3 like the one process did."""
+    two = tmp_path / "two"
+    port = _free_port()
+    jobs = [_launch(two, 4, p, 2, port) for p in range(2)]
+    jobs.append(_launch(tmp_path / "one", 8, steps=3))
+    logs = _wait(jobs, tmp_path)
 
     assert "8 device(s) (cpu) in 2 process(es)" in logs["two.process0.log"]
     assert "device(s)" not in logs["two.process1.log"]  # process 0 alone logs
@@ -227,6 +236,15 @@ def test_two_processes_of_four_devices_train_like_one_of_eight(tmp_path):
         for a, b in zip(jax.tree.leaves(_params_at(two, 1)), jax.tree.leaves(got))
     ]
     assert any(moved)  # and the second step did change them
+
+    port = _free_port()
+    jobs = [_launch(two, 4, p, 2, port, steps=3, log_name=f"resume.process{p}.log") for p in (0, 1)]
+    logs = _wait(jobs, tmp_path)
+    assert f"resumed from {two / 'checkpoints'} at step 2" in logs["resume.process0.log"]
+    resumed = read_jsonl(two / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == [1, 2, 3]
+    for key, value in one[2].items():
+        np.testing.assert_allclose(resumed[2][key], value, rtol=5e-3, atol=1e-9, err_msg=key)
 
 
 def test_each_process_reads_its_share_of_the_episodes(monkeypatch):
