@@ -11,11 +11,13 @@ references, 2-way 3-shot 4-query episodes; 1,500 steps, evaluation every 500, be
 mAP50. Target: ≤ 15 minutes on 2 CPU cores.
 
 Measured (2-core AMD EPYC VM, one device, first run incl. generation, build and
-compilation, nothing else running): 10 min 44 s wall, 3 steps/s while training.
-Validation at step 1500 (8 unseen videos, 192 frames): ST-IoU 0.2005 at conf 0.25, mAP50
-0.4711, mAP50-95 0.2135; ST-IoU 0.371 with the confidence threshold (0.07) tuned on 8 other
-synthetic videos, vs 0.188 for template matching (1.98×), 0.010 full-frame, 0 empty.
-Deterministic: a second run gave identical metrics.
+compilation, nothing else running; the fast layer path of issue 8): 16 min 25 s wall, about
+1.9 steps/s while training, on a day the VM measured ~200 GFLOP/s float32 peak (an earlier
+code version took 10 min 44 s, 3 steps/s, on a faster day: over the 15-minute target today).
+Validation at step 1500 (8 unseen videos, 192 frames): ST-IoU 0.2295 at conf 0.25, mAP50
+0.5312, mAP50-95 0.2257; ST-IoU 0.408 with the confidence threshold (0.05) tuned on 8 other
+synthetic videos, vs 0.188 for template matching (2.18×), 0.010 full-frame, 0 empty.
+Deterministic: repeated runs of one code version give identical metrics.
 """
 
 import pathlib
