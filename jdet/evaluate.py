@@ -18,22 +18,22 @@ CLI::
 prints the per-video table and the mean ST-IoU (exit 0); a malformed file prints one line naming
 the file and field to stderr (exit 2). With ``--samples``, every ``ROOT/samples/<video_id>/``
 folder counts as a video, so negative videos absent from annotations.json are scored too.
+
+COCO mAP lives in `jdet.coco_eval`, running a model over a folder (``--workdir``, the trainer's
+evaluation) in `jdet.eval_run`; their names are importable from here too.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import io
 import pathlib
 import sys
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from jdet.coco_eval import _check_detections, _names, coco_map
 from jdet.submission import Box, SubmissionError, Tracks, read_submission
 
 __all__ = [
@@ -103,159 +103,6 @@ def st_iou(
     per_video = {vid: st_iou_video(boxes, pred.get(vid, {})) for vid, boxes in gt.items()}
     mean = sum(per_video.values()) / len(per_video) if per_video else 0.0
     return mean, per_video
-
-
-def _names(ids: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(repr(v) for v in ids[:limit])
-    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
-
-
-# -------------------------------------------------------------------------------------- mAP
-
-
-def _check_detections(video_id: str, frame: int, dets: Any) -> np.ndarray:
-    """Validate one frame's detections → [n, 5] f64 array."""
-    arr = np.asarray(dets, np.float64)
-    if arr.size == 0:
-        return arr.reshape(0, 5)
-    if arr.ndim != 2 or arr.shape[1] != 5:
-        raise ValueError(
-            f"video {video_id!r} frame {frame}: detections must be [n, 5] "
-            f"(x1, y1, x2, y2, score), got shape {arr.shape}"
-        )
-    if not np.isfinite(arr).all():
-        raise ValueError(f"video {video_id!r} frame {frame}: non-finite detection values")
-    if (arr[:, 2] < arr[:, 0]).any() or (arr[:, 3] < arr[:, 1]).any():
-        raise ValueError(f"video {video_id!r} frame {frame}: detection with x2 < x1 or y2 < y1")
-    return arr
-
-
-def _empty_map_result(num_images: int, num_gt: int, num_det: int) -> dict[str, Any]:
-    recall_points = np.linspace(0.0, 1.0, 101)
-    return {
-        "mAP50": 0.0,
-        "mAP50-95": 0.0,
-        "precision_curve": np.zeros(101),
-        "recall_points": recall_points,
-        "num_images": num_images,
-        "num_gt": num_gt,
-        "num_det": num_det,
-        "no_gt": num_gt == 0,
-    }
-
-
-def coco_map(
-    gt: Mapping[str, Mapping[int, Box]],
-    detections: Mapping[str, Mapping[int, Any]],
-    frames: Mapping[str, Iterable[int]] | None = None,
-) -> dict[str, Any]:
-    """COCO box AP over frames, through faster-coco-eval (pycocotools' numbers).
-
-    gt: {video_id: {frame: (x1, y1, x2, y2)}} pixels (Tracks; at most one GT box per frame).
-    detections: {video_id: {frame: [n, 5] f32 (x1, y1, x2, y2, score)}} pixels, n ≥ 0; every
-        video must be in `gt`.
-    frames: the evaluated frames per video (e.g. every 5th frame); default: per GT video the
-        union of its GT frames and detection frames. GT boxes on frames not listed are left out;
-        detections on frames not listed raise ValueError. A video of `frames` must be in `gt`.
-
-    One COCO image per (video, evaluated frame), one category; GT `area = w·h`, `iscrowd 0`.
-
-    Returns {"mAP50", "mAP50-95": float; "precision_curve": [101] f64, precision at IoU 0.5 at
-    each recall point (area all, maxDets 100; 0 beyond the reached recall); "recall_points":
-    [101] f64 (0, 0.01, …, 1); "num_images", "num_gt", "num_det": int; "no_gt": bool}.
-    Without any GT box COCO's AP is undefined (-1): mAPs are reported as 0.0 with
-    "no_gt": True. Without detections AP is 0.0 (COCO is not run).
-    """
-    extra = [v for v in detections if v not in gt]
-    if extra:
-        raise ValueError(f"detections for videos not in the ground truth: {_names(extra)}")
-    if frames is not None:
-        extra = [v for v in frames if v not in gt]
-        if extra:
-            raise ValueError(f"frames for videos not in the ground truth: {_names(extra)}")
-
-    images, annotations, results = [], [], []
-    for video_id, gt_boxes in gt.items():
-        video_dets = detections.get(video_id, {})
-        if frames is None:
-            evaluated = sorted(set(gt_boxes) | set(video_dets))
-        else:
-            evaluated = sorted({int(f) for f in frames.get(video_id, ())})
-            outside = sorted(set(video_dets) - set(evaluated))
-            if outside:
-                raise ValueError(
-                    f"video {video_id!r}: detections on frames not evaluated: {outside[:5]}"
-                )
-        for frame in evaluated:
-            image_id = len(images) + 1
-            images.append({"id": image_id, "file_name": f"{video_id}/{frame}"})
-            if frame in gt_boxes:
-                x1, y1, x2, y2 = (float(v) for v in gt_boxes[frame])
-                w, h = x2 - x1, y2 - y1
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "category_id": 1,
-                        "bbox": [x1, y1, w, h],
-                        "area": w * h,
-                        "iscrowd": 0,
-                    }
-                )
-            if frame in video_dets:
-                for x1, y1, x2, y2, score in _check_detections(video_id, frame, video_dets[frame]):
-                    results.append(
-                        {
-                            "image_id": image_id,
-                            "category_id": 1,
-                            "bbox": [x1, y1, x2 - x1, y2 - y1],
-                            "score": score,
-                        }
-                    )
-
-    if not annotations or not results:
-        # No GT: COCO excludes the category (-1). No detections: AP is 0; older pycocotools'
-        # loadRes also fails on an empty list, so COCO is not run at all.
-        return _empty_map_result(len(images), len(annotations), len(results))
-
-    from faster_coco_eval import COCO, COCOeval_faster
-
-    def quiet(*args, **kwargs) -> None:
-        return None
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.print_function = quiet
-        coco_gt.dataset = {
-            "images": images,
-            "annotations": annotations,
-            "categories": [{"id": 1, "name": "object"}],
-        }
-        coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(results)
-        coco_dt.print_function = quiet
-        evaluator = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=quiet)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-
-    params = evaluator.params
-    # precision: [T IoU thresholds, R recall points, K categories, A area ranges, M maxDets]
-    precision = np.asarray(evaluator.eval["precision"], np.float64)
-    area_all = params.areaRngLbl.index("all")
-    max_dets = len(params.maxDets) - 1  # 100
-    iou50 = int(np.argmin(np.abs(np.asarray(params.iouThrs) - 0.5)))
-    curve = np.clip(precision[iou50, :, 0, area_all, max_dets], 0.0, None)  # [101]
-    return {
-        "mAP50": float(evaluator.stats[1]),
-        "mAP50-95": float(evaluator.stats[0]),
-        "precision_curve": curve,
-        "recall_points": np.asarray(params.recThrs, np.float64),
-        "num_images": len(images),
-        "num_gt": len(annotations),
-        "num_det": len(results),
-        "no_gt": False,
-    }
 
 
 # ------------------------------------------------------------------------------ submission
@@ -367,58 +214,6 @@ def load_ground_truth(
     return gt
 
 
-# -- running a model over a folder (trainer, `--workdir`) -------------------------------------
-
-
-@dataclasses.dataclass
-class EvalResult:
-    """What one evaluation of a model over a folder produced."""
-
-    metrics: dict[str, float]  # metrics/st_iou, metrics/mAP50, metrics/mAP50-95
-    per_video: dict[str, float]  # ST-IoU per video
-    gt: Tracks
-    detections: FrameDetections
-    submission: Tracks
-    coco: dict[str, Any]  # coco_map's full result (precision curve, counts)
-    seconds: float
-
-
-def evaluate_records(
-    predictor: Any,
-    records: Sequence[Any],
-    *,
-    stride: int = 1,
-    max_frames: int | None = None,
-    conf_threshold: float = 0.25,
-    progress: bool = True,
-) -> EvalResult:
-    """Run `predictor` (jdet.predict.Predictor) over `records` (jdet.data.zalo.VideoRecord)
-    and score it: ST-IoU on the submission (top box ≥ conf_threshold per frame) and COCO mAP
-    on all detections, both over the frames that were run."""
-    from jdet.predict import predict_folder
-
-    start = time.perf_counter()
-    detections = predict_folder(
-        predictor, records, stride=stride, max_frames=max_frames, progress=progress
-    )
-    seconds = time.perf_counter() - start
-    frames = {vid: sorted(d) for vid, d in detections.items()}
-    # Only the frames that were run count (stride / max_frames): GT elsewhere is not scored.
-    gt = {
-        r.video_id: {f: b for f, b in r.boxes.items() if f in detections[r.video_id]}
-        for r in records
-    }
-    submission = submission_from_detections(detections, conf_threshold)
-    mean, per_video = st_iou(gt, submission)
-    coco = coco_map(gt, detections, frames)
-    metrics = {
-        "metrics/st_iou": float(mean),
-        "metrics/mAP50": float(coco["mAP50"]),
-        "metrics/mAP50-95": float(coco["mAP50-95"]),
-    }
-    return EvalResult(metrics, per_video, gt, detections, submission, coco, seconds)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's parser: score a submission file, or run a trained model (--workdir)."""
     parser = argparse.ArgumentParser(
@@ -486,13 +281,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main_workdir(args: argparse.Namespace) -> int:
     from jdet.data.report import DatasetError
+    from jdet.eval_run import evaluate_records, format_metrics, write_report
     from jdet.predict import CheckpointError, PredictOptions, Predictor, load_run, load_samples
 
     try:
         config, _, _ = load_run(args.workdir)
         samples = args.samples
         if samples is None:
-            from jdet.trainer import eval_samples
+            from jdet.data.prepare import eval_samples
 
             samples = eval_samples(config, args.workdir)
             if samples is None:
@@ -519,83 +315,21 @@ def _main_workdir(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_metrics(result: EvalResult) -> str:
-    """One line: ST-IoU, mAP50, mAP50-95, frames and frames/s."""
-    m = result.metrics
-    frames = sum(len(d) for d in result.detections.values())
-    return (
-        f"ST-IoU {m['metrics/st_iou']:.4f}  mAP50 {m['metrics/mAP50']:.4f}  "
-        f"mAP50-95 {m['metrics/mAP50-95']:.4f}  ({frames} frames, "
-        f"{frames / max(result.seconds, 1e-9):.1f} frames/s)"
-    )
-
-
-def write_report(
-    workdir: str | pathlib.Path, result: EvalResult, records: Sequence[Any]
-) -> list[pathlib.Path]:
-    """workdir/eval/{submission.json, metrics.json, per_video.txt} and workdir/plots/
-    {pr_curve, st_iou_per_video, samples}.png; returns the files written."""
-    import json
-
-    from jdet import plots
-    from jdet.submission import write_submission
-
-    workdir = pathlib.Path(workdir)
-    out, plot_dir = workdir / "eval", workdir / "plots"
-    out.mkdir(parents=True, exist_ok=True)
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    written = [write_submission(out / "submission.json", result.submission, list(result.gt))]
-    summary = {**result.metrics, "per_video": result.per_video, "seconds": result.seconds}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    table = per_video_table(result.gt, result.submission, result.per_video)
-    (out / "per_video.txt").write_text(table + "\n" + format_metrics(result) + "\n")
-    written += [out / "metrics.json", out / "per_video.txt"]
-    coco = result.coco
-    written.append(
-        plots.plot_pr_curve(
-            coco["recall_points"],
-            coco["precision_curve"],
-            plot_dir / "pr_curve.png",
-            f"PR at IoU 0.5 (mAP50 {result.metrics['metrics/mAP50']:.3f})",
-        )
-    )
-    written.append(
-        plots.plot_per_video(
-            result.per_video, plot_dir / "st_iou_per_video.png", result.metrics["metrics/st_iou"]
-        )
-    )
-    written.append(plots.plot_samples(_sample_frames(result, records), plot_dir / "samples.png"))
-    return written
-
-
-def _sample_frames(result: EvalResult, records: Sequence[Any], per_video: int = 2) -> list[dict]:
-    """A few frames per video (one with the object when there is one, one in the middle)."""
-    from jdet.data.video import read_frames
-
-    samples = []
-    for record in list(records)[:6]:
-        run = sorted(result.detections.get(record.video_id, {}))
-        if not run:
-            continue
-        with_gt = [f for f in run if f in result.gt[record.video_id]]
-        picks = sorted({with_gt[len(with_gt) // 2] if with_gt else run[0], run[len(run) // 3]})
-        images = read_frames(record.video_path, picks[:per_video])
-        for frame, image in zip(picks, images):
-            dets = result.detections[record.video_id][frame]
-            samples.append(
-                {
-                    "image": image,
-                    "title": f"{record.video_id} #{frame}",
-                    "gt": result.gt[record.video_id].get(frame),
-                    "pred": dets[dets[:, 4] >= 0.25][:3] if len(dets) else dets,
-                }
-            )
-    return samples
-
-
 def _one_line(text: str) -> str:
     """Collapse whitespace so the error stays on one line."""
     return " ".join(text.split())
+
+
+# Moved to jdet.eval_run, which imports this module: re-exported lazily (PEP 562), no cycle.
+_EVAL_RUN = ("EvalResult", "evaluate_records", "format_metrics", "write_report")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EVAL_RUN:
+        from jdet import eval_run
+
+        return getattr(eval_run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

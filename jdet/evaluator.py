@@ -53,11 +53,11 @@ class Evaluator:
         return cls(config, workdir, predictor, records)
 
     def __call__(self, state, step: int, *, final: bool = False) -> dict[str, Any]:
-        from jdet import evaluate
+        from jdet import eval_run
 
         e = self.config.eval
         self.predictor.variables = _weights(state)
-        result = evaluate.evaluate_records(
+        result = eval_run.evaluate_records(
             self.predictor,
             self.records,
             stride=e.stride,
@@ -82,7 +82,7 @@ class Evaluator:
             )
         record["metrics/best"] = self.best
         if final:
-            self.plots = evaluate.write_report(self.workdir, result, self.records)
+            self.plots = eval_run.write_report(self.workdir, result, self.records)
         return record
 
     def summary_line(self, record: dict[str, Any]) -> str:

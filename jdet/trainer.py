@@ -21,10 +21,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from jdet import checkpoint, checks, distributed
 from jdet.data.episodes import EpisodeConfig
+from jdet.data.prepare import (  # noqa: F401 - moved there; re-exported here
+    VAL_SEED_OFFSET,
+    ensure_synthetic,
+    eval_samples,
+    prepare_data,
+    prepare_data_once,
+)
 from jdet.evaluator import BEST, Evaluator
 from jdet.feed import DevicePrefetch, as_host
 from jdet.losses import TERM_NAMES, LossConfig
@@ -33,6 +39,7 @@ from jdet.models.refdet import RefDet, refdet_param_groups
 from jdet.optim import OptimConfig, learning_rate_schedule, make_optimizer
 from jdet.plots import plot_run
 from jdet.steps import create_train_state, train_step
+from jdet.train_checks import CompileCounter, check_first_batch, nan_injector
 
 __all__ = ["BEST", "Evaluator", "train_and_evaluate"]
 
@@ -96,65 +103,6 @@ def make_model(config: ml_collections.ConfigDict) -> RefDet:
     )
 
 
-def ensure_synthetic(folder: pathlib.Path, seed: int, options: dict[str, Any]) -> bool:
-    """Generate synthetic videos into `folder` unless the ones there were made with the same
-    seed and options (recorded in synthetic.json); True when it (re)generated them."""
-    from jdet.data import synthetic
-
-    record = folder / "synthetic.json"
-    if record.exists():
-        made = json.loads(record.read_text())
-        same = made.get("seed") == seed and made.get("num_videos") == options["num_videos"]
-        same = same and all(
-            made.get("options", {}).get(k) == v for k, v in options.items() if k != "num_videos"
-        )
-        if same:
-            return False
-        print(f"{folder}: cached synthetic videos differ from the config; regenerating", flush=True)
-    print(f"generating synthetic videos into {folder}", flush=True)
-    synthetic.generate(folder, seed=seed, overwrite=True, **options)
-    return True
-
-
-def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
-    """The TFDS folder to read, generating the synthetic videos and building it if missing."""
-    from jdet.data import tfds_builder
-
-    cache = pathlib.Path(config.data.cache_dir or workdir / "data").expanduser()
-    regenerated = False
-    if config.data.source == "synthetic":
-        src = cache / "raw"
-        regenerated = ensure_synthetic(src, config.seed, config.data.synthetic.to_dict())
-    else:
-        src = pathlib.Path(config.data.source).expanduser()
-    data_dir = cache / "tfds"
-    tfds_builder.build_dataset(
-        src,
-        data_dir,
-        val_fraction=config.data.val_fraction,
-        seed=config.seed,
-        overwrite=regenerated,
-    )
-    return data_dir
-
-
-# Synthetic validation videos come from another seed stream than the training videos.
-VAL_SEED_OFFSET = 1_000_003
-
-
-def eval_samples(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path | None:
-    """The challenge-layout folder evaluated during training (generating the synthetic
-    validation videos on first use), or None when the config has no validation set."""
-    if config.eval.samples:
-        return pathlib.Path(config.eval.samples).expanduser()
-    if config.data.source != "synthetic" or not config.data.val_videos:
-        return None
-    cache = pathlib.Path(config.data.cache_dir or workdir / "data").expanduser()
-    options = dict(config.data.synthetic.to_dict(), num_videos=config.data.val_videos)
-    ensure_synthetic(cache / "val", config.seed + VAL_SEED_OFFSET, options)
-    return cache / "val"
-
-
 def make_mesh(batch_size: int) -> tuple[jax.sharding.Mesh, Any, Any]:
     """(mesh, replicated sharding, batch sharding) over all devices of all processes."""
     n = jax.device_count()
@@ -178,17 +126,6 @@ def process_episode_config(ecfg: EpisodeConfig) -> EpisodeConfig:
             f"multiple of {count}"
         )
     return dataclasses.replace(ecfg, episodes_per_batch=ecfg.episodes_per_batch // count)
-
-
-def _prepare_data_once(config, workdir: pathlib.Path) -> pathlib.Path:
-    """Process 0 generates and builds the data first; the others then find it built (on a
-    shared filesystem) or build their own copy."""
-    if distributed.is_main():
-        data_dir = prepare_data(config, workdir)
-    distributed.barrier("jdet-data")
-    if not distributed.is_main():
-        data_dir = prepare_data(config, workdir)
-    return data_dir
 
 
 def initial_state(config, model, example: dict, workdir: pathlib.Path, repl):
@@ -270,7 +207,7 @@ def train_and_evaluate(
     ecfg = episode_config(config)
     _, repl, data_sharding = make_mesh(config.train.batch_size)
     local_ecfg = process_episode_config(ecfg)
-    data_dir = _prepare_data_once(config, workdir)
+    data_dir = prepare_data_once(config, workdir)
     iterator = make_iterator(
         data_dir,
         "train",
@@ -299,55 +236,11 @@ def train_and_evaluate(
     lcfg, weights = loss_config(config), loss_weights(config)
     if check_only:
         iterator.close()
-        return _check_first_batch(config, state, first, example, root_rng, lcfg, workdir)
+        return check_first_batch(config, state, first, example, root_rng, lcfg, workdir)
     try:
         return _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl)
     finally:
         iterator.close()
-
-
-def _check_first_batch(config, state, host, batch, root_rng, lcfg, workdir) -> dict:
-    """--check: expected loss at init, per-term gradient table, grad_report.json."""
-    rng = jax.random.fold_in(root_rng, state.step)
-    stats = checks.init_statistics(state, batch, rng, lcfg)
-    expected = checks.expected_init_losses(lcfg, stats)
-    main = distributed.is_main()
-    if main:
-        print(
-            f"first batch: {stats['num_fg']:.0f} foreground anchors, task-aligned score sum "
-            f"{stats['target_score_sum']:.4g}; expected at uniform logits: "
-            + ", ".join(f"{k} ≈ {v:.4g}" for k, v in expected.items()),
-            flush=True,
-        )
-    report = checks.grad_check(state, batch, rng, lcfg, workdir, int(state.step), write=main)
-    warnings, errors = checks.init_loss_check(stats["terms"], expected)
-    for line in warnings if main else ():
-        print(f"warning: {line}", flush=True)
-    for line in errors if main else ():
-        print(f"error: {line}", flush=True)
-    ok = report["all_finite"] and not errors
-    return {
-        "ok": ok,
-        "warnings": warnings,
-        "errors": errors,
-        "report": report,
-        "expected": expected,
-        "init": stats,
-    }
-
-
-def _nan_injector(steps: str):
-    """debug.inject_nan_steps: a NaN query image at those 0-based steps (forensics drill)."""
-    chosen = {int(s) for s in steps.split(",")} if steps else set()
-    if not chosen:
-        return None
-
-    def inject(step: int, host: dict) -> dict:
-        if step in chosen:
-            host = dict(host, query=np.full_like(host["query"], np.nan))
-        return host
-
-    return inject
 
 
 def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl) -> dict:
@@ -360,7 +253,7 @@ def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl
         out_shardings=(repl, repl),
         donate_argnums=0,
     )
-    step_fn, recompiles = None, _CompileCounter()
+    step_fn, recompiles = None, CompileCounter()
     lr_at = learning_rate_schedule(optim_config(config))
     t, dbg = config.train, config.debug
     main = distributed.is_main()
@@ -385,7 +278,7 @@ def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl
         data_sharding,
         depth=config.data.device_prefetch,
         start_step=start,
-        transform=_nan_injector(dbg.inject_nan_steps),
+        transform=nan_injector(dbg.inject_nan_steps),
     )
     try:
         for step in range(start, t.total_steps):
@@ -469,23 +362,3 @@ def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl
         "compiles": int(step_fn is not None) + recompiles.count,
         "state": state,
     }
-
-
-class _CompileCounter:
-    """Context manager counting XLA backend compilations (jax.monitoring) inside it."""
-
-    def __init__(self):
-        self.count, self._active = 0, False
-        from jax import monitoring
-
-        monitoring.register_event_duration_secs_listener(self._on_event)
-
-    def _on_event(self, event: str, duration: float, **_: Any) -> None:
-        if self._active and event.endswith("backend_compile_duration"):
-            self.count += 1
-
-    def __enter__(self) -> None:
-        self._active = True
-
-    def __exit__(self, *exc: object) -> None:
-        self._active = False

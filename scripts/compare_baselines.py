@@ -2,7 +2,7 @@
 
     python3 scripts/compare_baselines.py --workdir runs/quickstart [--samples ROOT]
 
-ROOT defaults to the run's validation videos (`jdet.trainer.eval_samples`: for the quickstart,
+ROOT defaults to the run's validation videos (`jdet.data.prepare.eval_samples`: for the quickstart,
 synthetic videos from a seed stream never used for training). Rows: the run's best weights
 (`jdet.predict`) at the config's confidence threshold and at one tuned on separate synthetic
 videos (as the template baseline's threshold was), `scripts/baseline_template.py`
@@ -44,9 +44,9 @@ def _as_detections(tracks):
 
 def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
-    from jdet import evaluate
+    from jdet import eval_run, evaluate
+    from jdet.data.prepare import VAL_SEED_OFFSET, ensure_synthetic, eval_samples
     from jdet.predict import PredictOptions, Predictor, load_run, load_samples
-    from jdet.trainer import VAL_SEED_OFFSET, ensure_synthetic, eval_samples
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=pathlib.Path, required=True)
@@ -68,8 +68,8 @@ def main(argv=None) -> int:
     predictor = Predictor.from_checkpoint(args.workdir, options)
     step = predictor.description.split("(step ")[-1].split(",")[0]
     name = f"jdet (best weights, step {step})" if "(step " in predictor.description else "jdet"
-    result = evaluate.evaluate_records(predictor, records, conf_threshold=e.conf_threshold)
-    evaluate.write_report(out / "jdet", result, records)
+    result = eval_run.evaluate_records(predictor, records, conf_threshold=e.conf_threshold)
+    eval_run.write_report(out / "jdet", result, records)
     frames_run = sum(len(d) for d in result.detections.values())
     fps = frames_run / result.seconds
     rows.append(
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
         tune_dir = out / "tune_videos"
         ensure_synthetic(tune_dir, config.seed + 2 * VAL_SEED_OFFSET, options)
         tune_records = load_samples(tune_dir)
-        tuned = evaluate.evaluate_records(predictor, tune_records, progress=False)
+        tuned = eval_run.evaluate_records(predictor, tune_records, progress=False)
         conf, tune_st = evaluate.tune_conf_threshold(tuned.gt, tuned.detections)
         mean, _ = evaluate.st_iou(gt, evaluate.submission_from_detections(result.detections, conf))
         rows.append(

@@ -37,10 +37,7 @@ reads as complete; ``load_split`` raises ``DatasetNotBuiltError`` until a build 
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import dataclasses
-import io
 import logging
 import os
 import pathlib
@@ -50,10 +47,10 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-from PIL import Image
 
 from jdet.data import video as video_io
 from jdet.data import zalo
+from jdet.data.jpeg_encode import encoded_frames, reference_bytes
 from jdet.data.report import DatasetError, Report
 from jdet.data.tfds_source import (  # noqa: F401 - reading lives there; re-exported here
     CONFIGS,
@@ -106,45 +103,6 @@ def _runs(flags: Sequence[bool]) -> list[list[int]]:
             runs.append([start, i])
             start = None
     return runs
-
-
-def _encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
-def _reference_bytes(path: pathlib.Path, quality: int) -> bytes:
-    """The photo's own bytes when it is a JPEG Pillow reads as RGB without EXIF rotation,
-    else `zalo.load_reference` (converts modes, applies EXIF orientation) re-encoded."""
-    data = path.read_bytes()
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            plain = (
-                image.format == "JPEG"
-                and image.mode == "RGB"
-                and image.getexif().get(0x0112, 1) == 1
-            )  # 0x0112: EXIF Orientation
-    except Exception:  # noqa: BLE001 - load_reference names the file and the problem
-        plain = False
-    return data if plain else _encode_jpeg(zalo.load_reference(path), quality)
-
-
-def _encoded_frames(
-    frames: Iterator[tuple[int, np.ndarray]], quality: int, threads: int
-) -> Iterator[tuple[int, int, int, bytes]]:
-    """(frame_index, height, width, JPEG bytes) in order; encodes on `threads` threads
-    (Pillow releases the GIL), keeping at most 2·threads frames in flight."""
-    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
-        pending: collections.deque = collections.deque()
-        for index, rgb in frames:
-            pending.append((index, rgb.shape, pool.submit(_encode_jpeg, rgb, quality)))
-            if len(pending) >= 2 * max(1, threads):
-                index0, shape, job = pending.popleft()
-                yield index0, shape[0], shape[1], job.result()
-        while pending:
-            index0, shape, job = pending.popleft()
-            yield index0, shape[0], shape[1], job.result()
 
 
 class ZaloRefDet(tfds.core.GeneratorBasedBuilder):
@@ -283,7 +241,7 @@ class ZaloRefDet(tfds.core.GeneratorBasedBuilder):
             }
             flags, seen = [], set()
             frames = video_io.iter_frames(record.video_path, stride=stride)
-            for frame, height, width, jpeg in _encoded_frames(frames, quality, self._threads):
+            for frame, height, width, jpeg in encoded_frames(frames, quality, self._threads):
                 boxes = boxes_by_frame.get(frame, np.zeros((0, 4), np.float32))
                 example = {"image": jpeg, "boxes": boxes, "frame_index": frame, **video}
                 yield (
@@ -318,7 +276,7 @@ class ZaloRefDet(tfds.core.GeneratorBasedBuilder):
             video = {"video_id": record.video_id, "class_id": class_ids[record.video_id]}
             index.append(dict(video, start=position, count=len(record.reference_paths)))
             for k, path in enumerate(record.reference_paths):
-                image = _reference_bytes(path, self._options["jpeg_quality"])
+                image = reference_bytes(path, self._options["jpeg_quality"])
                 example = {"image": image, "reference_index": k, "file_name": path.name}
                 yield position << _KEY_SHIFT, dict(example, **video)
                 position += 1
