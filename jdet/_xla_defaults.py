@@ -1,20 +1,22 @@
-"""XLA:CPU defaults that jdet applies when it is imported (before JAX opens a backend).
+"""An opt-in XLA:CPU setting for convolution-bound models: ``JDET_XLA_CPU_CONV=eigen``.
 
-Measured on the 2-core AMD EPYC (Zen 4) CI machine with jaxlib 0.10.2
-(`python3 scripts/profile_step.py flags --flags ";--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"`):
-XLA:CPU hands every convolution to YNNPACK by default, and YNNPACK ran YOLOv8n's 3×3
-convolutions 1.2–1.5× slower than XLA's own (Eigen) convolution (8×40×40×64→64: forward
-9.8 vs 7.7 ms, input gradient 9.4 vs 7.8, weight gradient 11.5 vs 7.6), so the whole YOLOv8n
-train step runs 1.10–1.13× faster with convolutions taken out of YNNPACK's set (dots,
-elementwise and reduction fusions stay with YNNPACK: turning all of YNNPACK off gained only
-1.03–1.07×). The results differ from YNNPACK's only by float32 rounding.
+XLA:CPU (jaxlib 0.10) hands every convolution to YNNPACK by default. Measured on the 2-core
+AMD EPYC (Zen 4) CI machine, interleaved A/B of whole train steps
+(`python3 scripts/profile_step.py flags --flags ";JDET_XLA_CPU_CONV=eigen" [--model refdet]`):
 
-Applied only when all hold: the environment variable ``JDET_XLA_DEFAULTS`` is not ``0``; the
-user's ``XLA_FLAGS`` do not already set ``xla_cpu_experimental_ynn_fusion_type``; jaxlib is a
-version where this was measured (0.10.x: the flag's syntax is experimental). The flag is
-appended to ``XLA_FLAGS`` (never replacing the user's flags), which XLA reads when the first
-backend starts — so import jdet before running anything on JAX (the jdet commands do). It
-concerns XLA:CPU only; GPU backends ignore it.
+- YOLOv8n alone (batch 8, 320², detection loss, AdamW): XLA's own (Eigen) convolutions are
+  1.10–1.13× faster (8×40×40×64→64 3×3: forward 9.8 → 7.7 ms, input gradient 9.4 → 7.8,
+  weight gradient 11.5 → 7.6 ms);
+- the RefDet step (YOLOv8n + DINOv3 ViT-S/16, 320²): 1.09–1.11× *slower*; the quickstart's
+  small RefDet (128²): ~1.1× slower.
+
+So it is not the default. With ``JDET_XLA_CPU_CONV=eigen`` in the environment, ``import jdet``
+appends ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` to ``XLA_FLAGS``
+(dots, elementwise and reduction fusions stay with YNNPACK) — unless the user's ``XLA_FLAGS``
+already set that flag, or jaxlib is not 0.10.x (the flag's syntax is experimental). XLA reads
+``XLA_FLAGS`` when the first backend starts, so jdet must be imported before anything runs on
+JAX (the jdet commands do). Results differ from YNNPACK's only by float32 rounding. XLA:CPU
+only; GPU backends ignore it.
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ from __future__ import annotations
 import os
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+ENV = "JDET_XLA_CPU_CONV"
 _MEASURED_JAXLIB = ("0.10.",)
 
 
 def cpu_flags_to_add(environ=None, jaxlib_version: str | None = None) -> list[str]:
     """The XLA flags jdet would append to ``XLA_FLAGS`` (empty when it leaves them alone)."""
     env = os.environ if environ is None else environ
-    if env.get("JDET_XLA_DEFAULTS", "1").strip() == "0":
+    choice = env.get(ENV, "").strip().lower()
+    if choice in ("", "xla", "ynnpack", "default"):
         return []
+    if choice != "eigen":
+        raise ValueError(f"{ENV} must be 'eigen' or unset (XLA's default), got {env[ENV]!r}")
     if "xla_cpu_experimental_ynn_fusion_type" in env.get("XLA_FLAGS", ""):
         return []
     if jaxlib_version is None:

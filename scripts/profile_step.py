@@ -7,7 +7,7 @@
     python scripts/profile_step.py ab [--repeats 10]        # plain vs fast layers, interleaved
     python scripts/profile_step.py vs [--repeats 10] [--torch-threads 1,2]
         # jdet's step vs ultralytics' (needs torch + ultralytics), alternating step by step
-    python scripts/profile_step.py flags --flags "A;B" [--b fast]   # XLA_FLAGS variants, alternating
+    python scripts/profile_step.py flags --flags "A;B" [--b fast] [--model refdet]   # XLA_FLAGS variants, alternating
 
 The step is `scripts/bench_train.py`'s `yolo` row (YOLOv8n, 1 class, detection loss with
 ultralytics' gains, `jdet.steps.train_step` with optax.adamw), batch 8 at 320². "parts" times,
@@ -433,7 +433,14 @@ def _jdet_server(spec: str) -> None:
     import jax
 
     with _variant(spec):
-        step, state, batch, rng = _setup(int(os.environ["PS_BATCH"]), int(os.environ["PS_IMAGE"]))
+        batch_size, image = int(os.environ["PS_BATCH"]), int(os.environ["PS_IMAGE"])
+        if os.environ.get("PS_MODEL", "yolo") == "refdet":
+            import bench
+
+            step, state, batch, rng, _ = bench.refdet_train_step(
+                argparse.Namespace(batch=batch_size, image=image, episodes=1))
+        else:
+            step, state, batch, rng = _setup(batch_size, image)
         compiled = step.lower(state, batch, rng).compile()
     state, m = compiled(state, batch, rng)
     jax.block_until_ready(m)
@@ -452,7 +459,13 @@ def flags(args) -> None:
     variants = args.flags.split(";")
     procs = []
     for fl in variants:
-        env = dict(os.environ, PS_BATCH=str(args.batch), PS_IMAGE=str(args.image), XLA_FLAGS=fl)
+        # "--flag" words go to XLA_FLAGS, NAME=VALUE words to the environment (for example
+        # JDET_XLA_CPU_CONV=eigen: XLA:CPU convolutions off YNNPACK, jdet/_xla_defaults.py)
+        words = fl.split()
+        extra = dict(w.split("=", 1) for w in words if not w.startswith("--"))
+        xla = " ".join(w for w in words if w.startswith("--"))
+        env = dict(os.environ, PS_BATCH=str(args.batch), PS_IMAGE=str(args.image), XLA_FLAGS=xla,
+                   PS_MODEL=args.model, **extra)
         procs.append(subprocess.Popen([sys.executable, __file__, "_jdet", args.b], env=env,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     for pr in procs:
@@ -489,6 +502,8 @@ if __name__ == "__main__":
     p.add_argument("--b", default="fast", help="ab: second variant")
     p.add_argument("--torch-threads", default="1,2", help="vs: ultralytics rows (thread counts)")
     p.add_argument("--flags", default="", help="flags: XLA_FLAGS variants separated by ';'")
+    p.add_argument("--model", default="yolo", choices=["yolo", "refdet"],
+                   help="flags: the step to time (refdet: scripts/bench.py's RefDet step)")
     if sys.argv[1:2] == ["_jdet"]:
         _jdet_server(sys.argv[2])
         sys.exit()
