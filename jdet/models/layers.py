@@ -9,14 +9,20 @@ names (`conv`, `bn`, `cv1`, `cv2`, `m_0` …) so conversion is a renaming.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
+
+from jdet.models.fast_layers import (  # noqa: F401 - re-exported: the fast path's ops
+    FastBatchNorm,
+    StridedConv3x3,
+    _conv_s2,
+    bn_act_train,
+    conv3x3_s2,
+)
 
 Dtype = Any
 
@@ -60,90 +66,6 @@ def _fast() -> bool:
     return _IMPL["value"] == "fast"
 
 
-def _bn_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Flax BatchNorm's statistics: mean and the clipped one-pass variance over N, H, W."""
-    axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x, axes)
-    mean2 = jnp.mean(x * x, axes)
-    return mean, jnp.maximum(0.0, mean2 - mean * mean)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def bn_act_train(x, scale, bias, eps: float, act: bool):
-    """Training-mode BatchNorm (batch statistics) + optional SiLU, as one differentiable op.
-
-    x [..., C] f32; scale, bias [C]. Returns (y, mean, var): y = silu((x − mean)·scale/√(var+eps)
-    + bias) (no SiLU when act is False) and the batch statistics for the running averages (their
-    cotangents are ignored: they only feed the non-differentiated `batch_stats`). Same function as
-    flax's BatchNorm (one-pass variance clipped at 0) followed by `nn.silu`; the backward pass
-    recomputes the normalised value from x instead of storing it.
-    """
-    return _bn_act_fwd(x, scale, bias, eps, act)[0]
-
-
-def _bn_act_apply(x, mean, mul, bias, act):
-    z = (x - mean) * mul + bias
-    return z * jax.nn.sigmoid(z) if act else z
-
-
-def _bn_act_fwd(x, scale, bias, eps, act):
-    mean, var = _bn_stats(x)
-    inv = lax.rsqrt(var + eps)
-    y = _bn_act_apply(x, mean, inv * scale, bias, act)
-    return (y, mean, var), (x, mean, inv, scale, bias)
-
-
-def _bn_act_bwd(eps, act, res, cts):
-    x, mean, inv, scale, bias = res
-    dy = cts[0]
-    axes = tuple(range(x.ndim - 1))
-    count = x.size // x.shape[-1]
-    xhat = (x - mean) * inv
-    if act:
-        z = xhat * scale + bias
-        sig = jax.nn.sigmoid(z)
-        dz = dy * (sig * (1.0 + z * (1.0 - sig)))
-    else:
-        dz = dy
-    dbias = jnp.sum(dz, axes)
-    dscale = jnp.sum(dz * xhat, axes)
-    dx = (scale * inv) * (dz - (dbias / count) - xhat * (dscale / count))
-    return dx, dscale, dbias
-
-
-bn_act_train.defvjp(_bn_act_fwd, _bn_act_bwd)
-
-
-class FastBatchNorm(nn.Module):
-    """flax.linen.BatchNorm over all but the last axis (same variables: params scale/bias,
-    batch_stats mean/var; same running-average update), optionally fused with SiLU.
-
-    Training mode goes through `bn_act_train`; eval mode is the plain affine map.
-    """
-
-    use_running_average: bool
-    momentum: float = 0.99
-    epsilon: float = 1e-5
-    act: bool = False
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        c = x.shape[-1]
-        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (c,))
-        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (c,))
-        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        if self.use_running_average:
-            mul = lax.rsqrt(ra_var.value + self.epsilon) * scale
-            return _bn_act_apply(x, ra_mean.value, mul, bias, self.act)
-        y, mean, var = bn_act_train(x, scale, bias, self.epsilon, self.act)
-        if not self.is_initializing():
-            m = self.momentum
-            ra_mean.value = m * ra_mean.value + (1 - m) * mean
-            ra_var.value = m * ra_var.value + (1 - m) * var
-        return y
-
-
 def max_pool_same(x: jax.Array, size: int) -> jax.Array:
     """Stride-1 "same" max-pool (−inf padding) over H, W of [B, H, W, C].
 
@@ -180,78 +102,6 @@ class PointwiseConv(nn.Module):
         )
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         return jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
-
-
-def _conv_s2(x: jax.Array, w: jax.Array) -> jax.Array:
-    return lax.conv_general_dilated(
-        x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-
-
-@jax.custom_vjp
-def conv3x3_s2(x: jax.Array, w: jax.Array) -> jax.Array:
-    """3×3 convolution, stride 2, padding 1 (NHWC, HWIO) of an input with even H and W.
-
-    Same value and weight gradient as `lax.conv_general_dilated`; the input gradient is
-    computed by output phase as matmuls instead of XLA:CPU's transposed strided convolution
-    (a zero-dilated convolution on a slow generic path). Input row 2m gets kernel row 1 of
-    output row m; row 2m+1 gets kernel row 2 of output m and kernel row 0 of output m+1
-    (likewise for columns), so each of the 4 (row, column) phases of dx is one matmul of
-    dy and its shifted copies against the matching kernel taps.
-    """
-    return _conv_s2(x, w)
-
-
-def _conv_s2_fwd(x, w):
-    return _conv_s2(x, w), (x, w)
-
-
-# (phase, source) → kernel tap along one axis: phase 0/1 = even/odd input index, source
-# 0/1 = output index m / m + 1.
-_S2_TAPS = {(0, 0): 1, (1, 0): 2, (1, 1): 0}
-
-
-def _conv_s2_bwd(res, dy):
-    x, w = res
-    _, vjp_w = jax.vjp(lambda k: _conv_s2(x, k), w)
-    (dw,) = vjp_w(dy)
-    b, h, wd, _ = dy.shape
-    shift_y = jnp.pad(dy[:, 1:], ((0, 0), (0, 1), (0, 0), (0, 0)))
-    shift_x = jnp.pad(dy[:, :, 1:], ((0, 0), (0, 0), (0, 1), (0, 0)))
-    shift_xy = jnp.pad(dy[:, 1:, 1:], ((0, 0), (0, 1), (0, 1), (0, 0)))
-    sources = {(0, 0): dy, (0, 1): shift_x, (1, 0): shift_y, (1, 1): shift_xy}
-    phases = []
-    for py in (0, 1):
-        for px in (0, 1):
-            used = [
-                (src, w[_S2_TAPS[(py, sy)], _S2_TAPS[(px, sx)]])
-                for (sy, sx), src in sources.items()
-                if (py, sy) in _S2_TAPS and (px, sx) in _S2_TAPS
-            ]
-            lhs = jnp.concatenate([u[0] for u in used], -1)  # [B, h, w, n·C_out]
-            rhs = jnp.concatenate([u[1].T for u in used], 0)  # [n·C_out, C_in]
-            phases.append(lhs @ rhs)
-    ci = x.shape[-1]
-    dx = jnp.stack(phases, 3).reshape(b, h, wd, 2, 2, ci)  # [..., py, px, C_in]
-    dx = dx.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * wd, ci)
-    return dx, dw
-
-
-conv3x3_s2.defvjp(_conv_s2_fwd, _conv_s2_bwd)
-
-
-class StridedConv3x3(nn.Module):
-    """nn.Conv(features, (3, 3), strides 2, padding 1, no bias) through `conv3x3_s2`
-    (same parameter name, shape and initialiser)."""
-
-    features: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features)
-        )
-        return conv3x3_s2(x, kernel)
 
 
 class ConvBNAct(nn.Module):
