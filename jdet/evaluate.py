@@ -19,8 +19,8 @@ prints the per-video table and the mean ST-IoU (exit 0); a malformed file prints
 the file and field to stderr (exit 2). With ``--samples``, every ``ROOT/samples/<video_id>/``
 folder counts as a video, so negative videos absent from annotations.json are scored too.
 
-COCO mAP lives in `jdet.coco_eval`, running a model over a folder (``--workdir``, the trainer's
-evaluation) in `jdet.eval_run`; their names are importable from here too.
+COCO mAP lives in `jdet.coco_eval` (`coco_map` is importable from here too), running a model
+over a folder (``--workdir``, the trainer's evaluation) in `jdet.eval_run`.
 """
 
 from __future__ import annotations
@@ -318,18 +318,6 @@ def _main_workdir(args: argparse.Namespace) -> int:
 def _one_line(text: str) -> str:
     """Collapse whitespace so the error stays on one line."""
     return " ".join(text.split())
-
-
-# Moved to jdet.eval_run, which imports this module: re-exported lazily (PEP 562), no cycle.
-_EVAL_RUN = ("EvalResult", "evaluate_records", "format_metrics", "write_report")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EVAL_RUN:
-        from jdet import eval_run
-
-        return getattr(eval_run, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

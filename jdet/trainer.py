@@ -24,13 +24,7 @@ import ml_collections
 
 from jdet import checkpoint, checks, distributed
 from jdet.data.episodes import EpisodeConfig
-from jdet.data.prepare import (  # noqa: F401 - moved there; re-exported here
-    VAL_SEED_OFFSET,
-    ensure_synthetic,
-    eval_samples,
-    prepare_data,
-    prepare_data_once,
-)
+from jdet.data.prepare import eval_samples, prepare_data_once
 from jdet.evaluator import BEST, Evaluator
 from jdet.feed import DevicePrefetch, as_host
 from jdet.losses import TERM_NAMES, LossConfig
