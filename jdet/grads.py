@@ -29,10 +29,14 @@ def per_term_grads(
     """Gradient of every loss term w.r.t. params, in one call.
 
     method="vmap" (default): one `jax.vjp` of the stacked terms, its pull-back `vmap`ped over
-    the K one-hot cotangents. method="separate": K `jax.grad` calls of one term each; under
-    one jit XLA shares their forward pass, and each backward only walks its own term's graph,
-    which is cheaper when the terms' graphs overlap little (`scripts/bench.py losses` measures
-    both).
+    the K one-hot cotangents. method="scan": the same pull-back mapped over the K cotangents
+    one after another (`lax.map`): one backward pass in the program however many terms, so
+    it traces and compiles about as fast as a train step (configs/tiny.py, 8 CPU devices:
+    3 s trace + 41 s compile, against 12 s + 78 s for "separate") and it has no batching rule
+    to miss (jax 0.10 cannot vmap the transpose of a grouped convolution under a sharding).
+    method="separate": K `jax.grad` calls of one term each; under one jit XLA shares their
+    forward pass, and each backward only walks its own term's graph, which is cheaper to run
+    when the terms' graphs overlap little (`scripts/bench.py losses` measures the methods).
 
     Args:
       terms_fn: ``terms_fn(params, *args) -> {name: [] f32}`` (or ``(terms, aux)`` with
@@ -43,10 +47,10 @@ def per_term_grads(
     Returns:
       (terms, grads) or (terms, grads, aux): ``grads[name]`` is a pytree like params.
 
-    One shared backward pass has one caveat: a term whose local derivative is infinite or NaN
-    (sqrt at 0, say) puts ``0 · inf = NaN`` into *every* term's gradient, because the other
-    rows' zero cotangents still flow through it. `diagnose` detects that and re-derives the
-    non-finite terms one by one, so the blame lands on the right term.
+    One shared backward pass ("vmap", "scan") has one caveat: a term whose local derivative
+    is infinite or NaN (sqrt at 0, say) puts ``0 · inf = NaN`` into *every* term's gradient,
+    because the other rows' zero cotangents still flow through it. `diagnose` detects that
+    and derives those terms again without it, so the blame lands on the right term.
     """
     names: list[str] = []
 
@@ -59,11 +63,15 @@ def per_term_grads(
         vec = jnp.stack([jnp.asarray(terms[k], jnp.float32).reshape(()) for k in names])
         return vec, (terms, aux)
 
-    if method not in ("vmap", "separate"):
-        raise ValueError(f"per_term_grads: method must be vmap|separate, got {method!r}")
+    if method not in ("vmap", "scan", "separate"):
+        raise ValueError(f"per_term_grads: method must be vmap|scan|separate, got {method!r}")
     _, pullback, (terms, aux) = jax.vjp(stacked, params, has_aux=True)
-    if method == "vmap":
-        (stacked_grads,) = jax.vmap(pullback)(jnp.eye(len(names), dtype=jnp.float32))
+    if method in ("vmap", "scan"):
+        rows = jnp.eye(len(names), dtype=jnp.float32)
+        if method == "vmap":
+            (stacked_grads,) = jax.vmap(pullback)(rows)
+        else:
+            (stacked_grads,) = jax.lax.map(pullback, rows)
         grads = {
             name: jax.tree.map(lambda g, i=i: g[i], stacked_grads) for i, name in enumerate(names)
         }
@@ -158,38 +166,74 @@ def diagnose(
 ) -> tuple[dict[str, Any], dict[str, PyTree]]:
     """Per-term gradient check with attribution: the trainer's step-0 diagnostic.
 
-    Runs `per_term_grads` under jit (one vjp, K cotangents). If any term's gradient is not
-    finite, each such term is differentiated again on its own (jax.grad of that term only),
-    so a NaN produced by one term is not blamed on the others that share its backward pass.
+    Runs `per_term_grads` under jit. With method="vmap" (one vjp, K cotangents), a term whose
+    gradient is not finite while its value is may have caught the NaN from another term
+    through the shared backward pass: it is differentiated again on its own (jax.grad of that
+    term only; all such terms in one program), so a NaN produced by one term is not blamed on
+    the others. Terms with a non-finite value keep the shared gradient: they are culprits
+    either way. method="separate" gives every term its own backward pass in the first place,
+    so it needs no second program.
 
     Returns:
-      (report, grads): the `grad_report` dict, with ``attribution`` = "shared" or "isolated",
-      and the per-term gradients.
+      (report, grads): the `grad_report` dict, with ``attribution`` = "shared" (vmap, all
+      finite), "isolated" (vmap, some gradient not finite) or "separate", and
+      ``isolated_terms`` (the terms derived again on their own), and the per-term gradients.
 
     compile_fn(jitted, *args, **kwargs) → compiled, if given, compiles each program before
     it runs (`jdet.distributed.compile_synchronized` in multi-process runs).
     """
+    def run(fn, *fn_args, **kwargs):
+        if compile_fn is None:
+            return fn(*fn_args, params, *args, **kwargs)
+        return compile_fn(fn, *fn_args, params, *args, **kwargs)(params, *args)
+
     fast = jax.jit(per_term_grads, static_argnums=0, static_argnames=("has_aux", "method"))
-    if compile_fn is None:
-        out = fast(terms_fn, params, *args, has_aux=has_aux, method=method)
-    else:
-        out = compile_fn(fast, terms_fn, params, *args, has_aux=has_aux, method=method)(
-            params, *args
-        )
+    out = run(fast, terms_fn, has_aux=has_aux, method=method)
     terms, grads = out[0], dict(out[1])
+    names = sorted(grads)
     stats = jax.device_get(grad_stats(grads))
-    attribution = "shared"
-    if not bool(stats["finite"].all()):
-        attribution = "isolated"
-        names = sorted(grads)
-        for i, name in enumerate(names):
-            if bool(stats["finite"][i]):
-                continue
-            single = jax.jit(jax.grad(_single_term(terms_fn, name, has_aux)))
-            if compile_fn is not None:
-                single = compile_fn(single, params, *args)
-            grads[name] = single(params, *args)
-        stats = None
-    report = grad_report(terms, grads, stats)
-    report["attribution"] = attribution
+    if method == "separate" or bool(stats["finite"].all()):
+        # "separate" gave every term its own backward pass: no NaN leaked between terms.
+        report = grad_report(terms, grads, stats)
+        report.update(attribution="separate" if method == "separate" else "shared")
+        report["isolated_terms"] = []
+        return report, grads
+
+    # A shared backward pass: a term's infinite local derivative puts 0·inf = NaN into the
+    # others' gradients too. A term whose value is not finite is a culprit whatever its
+    # gradient, and keeps the shared one. The others with a non-finite gradient are derived
+    # again: first in one shared pass without the terms whose values are not finite (one
+    # program like the first; it clears the usual case, a NaN or inf loss leaking into the
+    # rest), then, for any still not finite, each on its own (all in one program).
+    values = jax.device_get({k: terms[k] for k in names})
+    finite_value = tuple(n for n in names if math.isfinite(float(values[n])))
+    suspects = [n for i, n in enumerate(names) if n in finite_value and not stats["finite"][i]]
+    rederived = list(suspects)
+    if suspects and len(finite_value) < len(names):
+
+        def without_non_finite(p, *a):
+            return per_term_grads(_only(terms_fn, finite_value, has_aux), p, *a, method=method)[1]
+
+        regrads = run(jax.jit(without_non_finite))
+        grads.update({n: regrads[n] for n in suspects})
+        finite = jax.device_get(grad_stats({n: grads[n] for n in suspects})["finite"])
+        suspects = [n for n, ok in zip(suspects, finite) if not ok]  # both in sorted order
+    if suspects:
+
+        def isolated(p, *a):
+            return {n: jax.grad(_single_term(terms_fn, n, has_aux))(p, *a) for n in suspects}
+
+        grads.update(run(jax.jit(isolated)))
+    report = grad_report(terms, grads)
+    report.update(attribution="isolated", isolated_terms=rederived)
     return report, grads
+
+
+def _only(terms_fn, keep, has_aux):
+    """terms_fn restricted to the terms named in `keep` (the others leave the graph)."""
+
+    def restricted(p, *args):
+        res = terms_fn(p, *args)
+        return {k: v for k, v in (res[0] if has_aux else res).items() if k in keep}
+
+    return restricted

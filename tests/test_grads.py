@@ -23,12 +23,13 @@ def test_per_term_grads_match_individual_grads_and_weighted_sum():
     fn = lambda p, b: _terms_fn({**p, **const}, b)  # noqa: E731
     terms, grads = jax.jit(per_term_grads, static_argnums=0)(fn, params, batch)
     assert sorted(grads) == sorted(WEIGHTS)
-    _, grads_sep = jax.jit(per_term_grads, static_argnums=0, static_argnames="method")(
-        fn, params, batch, method="separate"
-    )
-    for name in WEIGHTS:
-        for a, b in zip(jax.tree.leaves(grads_sep[name]), jax.tree.leaves(grads[name])):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    for method in ("separate", "scan"):
+        _, other = jax.jit(per_term_grads, static_argnums=0, static_argnames="method")(
+            fn, params, batch, method=method
+        )
+        for name in WEIGHTS:
+            for a, b in zip(jax.tree.leaves(other[name]), jax.tree.leaves(grads[name])):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=method)
     for name in ("dfl", "supcon"):
         single = jax.grad(lambda p: fn(p, batch)[name])(params)
         for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(grads[name])):
@@ -73,6 +74,7 @@ def test_report_flags_non_finite_term():
     assert bool(jnp.isfinite(grads_sep["ok"]["w"]).all())
     report, grads = diagnose(fn, params)
     assert report["attribution"] == "isolated"
+    assert sorted(report["isolated_terms"]) == ["bad", "ok"]  # both values are finite
     assert not report["all_finite"] and not report["terms"]["bad"]["grad_finite"]
     assert report["terms"]["ok"]["grad_finite"]
     np.testing.assert_allclose(grads["ok"]["w"], [1.0, 1.0])
@@ -80,6 +82,40 @@ def test_report_flags_non_finite_term():
     assert "✗" in table and "bad" in table.splitlines()[-1]
     with pytest.raises(Exception, match="non-finite output"):
         checked_per_term_grads(fn)(params)
+
+
+@pytest.mark.parametrize("method", ["vmap", "scan"])
+def test_diagnose_rederives_terms_that_caught_a_nan_from_another(method):
+    params = {"w": jnp.array([0.0, 1.0])}
+    # 0 · NaN: the NaN term's zero cotangent row still poisons the others in the shared pass.
+    fn = lambda p: {  # noqa: E731
+        "ok": jnp.sum(p["w"]),
+        "nan": jnp.sum(p["w"]) * jnp.nan,
+        "also_ok": jnp.sum(p["w"] ** 2),
+    }
+    _, shared = per_term_grads(fn, params, method=method)
+    assert not bool(jnp.isfinite(shared["ok"]["w"]).all())
+    report, grads = diagnose(fn, params, method=method)
+    assert report["attribution"] == "isolated"
+    assert report["isolated_terms"] == ["also_ok", "ok"]
+    assert report["terms"]["ok"]["grad_finite"] and report["terms"]["also_ok"]["grad_finite"]
+    assert not report["terms"]["nan"]["value_finite"] and not report["terms"]["nan"]["grad_finite"]
+    np.testing.assert_allclose(grads["ok"]["w"], [1.0, 1.0])
+    np.testing.assert_allclose(grads["also_ok"]["w"], [0.0, 2.0])
+    # A finite value with an infinite derivative: only derived alone does "ok" come clean.
+    fn2 = lambda p: {**fn(p), "sqrt": jnp.sum(jnp.sqrt(p["w"]))}  # noqa: E731
+    report, grads = diagnose(fn2, params, method=method)
+    assert report["isolated_terms"] == ["also_ok", "ok", "sqrt"]
+    assert report["terms"]["ok"]["grad_finite"] and not report["terms"]["sqrt"]["grad_finite"]
+    np.testing.assert_allclose(grads["ok"]["w"], [1.0, 1.0])
+
+
+def test_diagnose_separate_needs_no_second_pass():
+    params = {"w": jnp.array([0.0, 1.0])}
+    fn = lambda p: {"ok": jnp.sum(p["w"]), "bad": jnp.sum(jnp.sqrt(p["w"]))}  # noqa: E731
+    report, grads = diagnose(fn, params, method="separate")
+    assert report["attribution"] == "separate" and report["isolated_terms"] == []
+    assert report["terms"]["ok"]["grad_finite"] and not report["terms"]["bad"]["grad_finite"]
 
 
 def test_terms_fn_must_return_dict():
