@@ -43,3 +43,21 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 @pytest.fixture(scope="session")
 def fixtures_dir() -> pathlib.Path:
     return FIXTURES
+
+
+# The longest test files (minutes of XLA compilation each on 2 CPU cores) start first, so that
+# the two xdist workers (`--dist loadfile`: a file per worker, taken in collection order) do not
+# end with one of them alone on a long file. Longest first.
+_LONG_FILES = (
+    "test_distributed.py",
+    "test_train_robust.py",
+    "test_train.py",
+    "test_refdet.py",
+    "test_fast_path.py",
+    "test_steps.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: others keep order

@@ -146,7 +146,7 @@ def test_yolo_fast_matches_plain():
                 out, stats = out if train else (out, None)
                 return sum(jnp.vdot(o, jnp.asarray(c, dt)) for o, c in zip(out, cts)), (out, stats)
 
-            (_, (out, stats)), grads = jax.value_and_grad(loss, has_aux=True)(v["params"])
+            (_, (out, stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(v["params"])
             return jax.tree.map(np.asarray, (out, stats, grads))
 
     for train in (True, False):

@@ -95,8 +95,8 @@ def test_bf16_compute_keeps_f32_params_and_tracks_f32():
 def test_train_mode_updates_batch_stats():
     m = YOLOv8("t", 3)
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 64, 64, 3))
-    v = m.init(jax.random.PRNGKey(1), x)
-    _, mutated = m.apply(v, x, train=True, mutable=["batch_stats"])
+    v = jax.jit(m.init)(jax.random.PRNGKey(1), x)
+    _, mutated = jax.jit(lambda v, x: m.apply(v, x, train=True, mutable=["batch_stats"]))(v, x)
     before = jax.tree.leaves(v["batch_stats"])
     after = jax.tree.leaves(mutated["batch_stats"])
     assert any(not np.allclose(a, b) for a, b in zip(before, after))
