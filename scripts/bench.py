@@ -72,7 +72,12 @@ def measure_losses(args) -> dict:
         ("head + loss_terms forward", jax.jit(terms_fn), head_inputs),
         ("forward + backward, weighted total (one backward)", jax.jit(jax.value_and_grad(total)), head_inputs),
     ]
-    for method, what in [("vmap", "one vjp"), ("separate", "K grads, one jit")]:
+    methods = [
+        ("vmap", "one vjp"),
+        ("separate", "K grads, one jit"),
+        ("scan", "one vjp, pull-back per term in turn"),
+    ]
+    for method, what in methods:
         fn = jax.jit(lambda p, x, t, m=method: per_term_grads(terms_fn, p, x, t, method=m))
         cases.append((f"per_term_grads, {num_terms} terms, method={method} ({what})", fn, head_inputs))
     rows = []

@@ -264,10 +264,11 @@ def _component_rows(res: dict) -> list[tuple]:
     rows = []
     losses, data, infer = res.get("losses"), res.get("data"), res.get("infer")
     if _ok(losses):
-        sep = losses["rows"][5]["median_s"] / losses["one_backward_s"]
+        sep, scan = (losses["rows"][i]["median_s"] / losses["one_backward_s"] for i in (5, 6))
         detail = (
             f"{losses['rows'][4]['median_s'] * 1e3:.1f} ms vs one backward "
-            f"{losses['one_backward_s'] * 1e3:.1f} ms; method=separate {sep:.2f}×"
+            f"{losses['one_backward_s'] * 1e3:.1f} ms; method=separate {sep:.2f}×, "
+            f"scan {scan:.2f}×"
         )
         label = f"per_term_grads ({losses['num_terms']} terms, vmap) ÷ one backward"
         rows.append((label, f"{losses['per_term_ratio']:.2f}×", detail, _rss(losses)))

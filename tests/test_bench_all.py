@@ -70,7 +70,7 @@ def _results(**overrides):
             "refdet": _train(4.0, **compile_),
         },
         "losses": {
-            "rows": [{"median_s": t} for t in (0.001, 0.002, 0.003, 0.01, 0.03, 0.02)],
+            "rows": [{"median_s": t} for t in (0.001, 0.002, 0.003, 0.01, 0.03, 0.02, 0.025)],
             "num_terms": 6,
             "one_backward_s": 0.01,
             "per_term_ratio": 3.0,
