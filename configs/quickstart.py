@@ -17,7 +17,9 @@ code version took 10 min 44 s, 3 steps/s, on a faster day: over the 15-minute ta
 Validation at step 1500 (8 unseen videos, 192 frames): ST-IoU 0.2295 at conf 0.25, mAP50
 0.5312, mAP50-95 0.2257; ST-IoU 0.408 with the confidence threshold (0.05) tuned on 8 other
 synthetic videos, vs 0.188 for template matching (2.18×), 0.010 full-frame, 0 empty.
-Deterministic: repeated runs of one code version give identical metrics.
+Deterministic: repeated runs of one code version give identical metrics. Re-run after the
+step-0 check moved to the "scan" per-term gradients (same command, fresh data and compilation
+caches): 17 min 2 s wall on a slower day (1.9 steps/s), the same metrics to the last digit.
 With JDET_XLA_CPU_CONV=eigen (XLA:CPU convolutions off YNNPACK, README "Benchmarks"): 18 min
 46 s, 1.7 steps/s (this model is ~1.1× slower with it), ST-IoU 0.2203, mAP50 0.4885,
 mAP50-95 0.2207 at step 1500.
