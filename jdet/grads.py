@@ -166,18 +166,19 @@ def diagnose(
 ) -> tuple[dict[str, Any], dict[str, PyTree]]:
     """Per-term gradient check with attribution: the trainer's step-0 diagnostic.
 
-    Runs `per_term_grads` under jit. With method="vmap" (one vjp, K cotangents), a term whose
-    gradient is not finite while its value is may have caught the NaN from another term
-    through the shared backward pass: it is differentiated again on its own (jax.grad of that
-    term only; all such terms in one program), so a NaN produced by one term is not blamed on
-    the others. Terms with a non-finite value keep the shared gradient: they are culprits
-    either way. method="separate" gives every term its own backward pass in the first place,
-    so it needs no second program.
+    Runs `per_term_grads` under jit. With a shared backward pass (method "vmap" or "scan"),
+    a term whose gradient is not finite while its value is may have caught the NaN from
+    another term (0·inf): it is derived again, first in one shared pass without the terms
+    whose values are not finite (those keep the shared gradient: they are culprits either
+    way), then, if still not finite, on its own (jax.grad of that term only; all such terms in
+    one program). So a NaN produced by one term is not blamed on the others. method="separate"
+    gives every term its own backward pass in the first place, so it needs no second program.
 
     Returns:
-      (report, grads): the `grad_report` dict, with ``attribution`` = "shared" (vmap, all
-      finite), "isolated" (vmap, some gradient not finite) or "separate", and
-      ``isolated_terms`` (the terms derived again on their own), and the per-term gradients.
+      (report, grads): the `grad_report` dict, with ``attribution`` = "shared" (vmap/scan,
+      all finite), "isolated" (vmap/scan, some gradient not finite) or "separate", and
+      ``isolated_terms`` (the terms derived again apart from the others), and the per-term
+      gradients.
 
     compile_fn(jitted, *args, **kwargs) → compiled, if given, compiles each program before
     it runs (`jdet.distributed.compile_synchronized` in multi-process runs).
@@ -195,8 +196,8 @@ def diagnose(
     if method == "separate" or bool(stats["finite"].all()):
         # "separate" gave every term its own backward pass: no NaN leaked between terms.
         report = grad_report(terms, grads, stats)
-        report.update(attribution="separate" if method == "separate" else "shared")
-        report["isolated_terms"] = []
+        attribution = "separate" if method == "separate" else "shared"
+        report.update(attribution=attribution, isolated_terms=[])
         return report, grads
 
     # A shared backward pass: a term's infinite local derivative puts 0·inf = NaN into the
@@ -219,9 +220,10 @@ def diagnose(
         finite = jax.device_get(grad_stats({n: grads[n] for n in suspects})["finite"])
         suspects = [n for n, ok in zip(suspects, finite) if not ok]  # both in sorted order
     if suspects:
+        alone = tuple(suspects)
 
         def isolated(p, *a):
-            return {n: jax.grad(_single_term(terms_fn, n, has_aux))(p, *a) for n in suspects}
+            return {n: jax.grad(_single_term(terms_fn, n, has_aux))(p, *a) for n in alone}
 
         grads.update(run(jax.jit(isolated)))
     report = grad_report(terms, grads)
