@@ -82,7 +82,8 @@ def parts(args) -> None:
 
     step, state, batch, rng = _setup(args.batch, args.image)
     apply = state.apply_fn
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    # copies: the step donates (and so deletes) the state's own arrays
+    variables = jax.tree.map(jnp.copy, {"params": state.params, "batch_stats": state.batch_stats})
 
     eval_fwd = jax.jit(lambda v, b: apply(v, b, train=False))
     train_fwd = jax.jit(lambda v, b: apply(v, b, train=True, mutable=["batch_stats"]))
@@ -294,7 +295,8 @@ def flops(args) -> None:
     import jax
 
     step, state, batch, rng = _setup(args.batch, args.image)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    # copies: the step donates (and so deletes) the state's own arrays
+    variables = jax.tree.map(jnp.copy, {"params": state.params, "batch_stats": state.batch_stats})
     fwd = jax.jit(lambda v, b: state.apply_fn(v, b, train=False)).lower(variables, batch).compile()
     st = step.lower(state, batch, rng).compile()
     for name, c in (("eval forward", fwd), ("train step", st)):

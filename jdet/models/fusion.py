@@ -50,6 +50,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jdet.models.onednn_conv import OneDnnConv, conv_backend
+
 Dtype = Any
 
 SCALE_NAMES = ("p2", "p3", "p4", "p5")
@@ -79,7 +81,10 @@ def conv2d(
     dtype: Dtype = jnp.float32,
     name: str | None = None,
 ) -> nn.Conv:
-    """torch ``nn.Conv2d(..., kernel, stride, padding=kernel // 2, groups)`` as a flax Conv."""
+    """torch ``nn.Conv2d(..., kernel, stride, padding=kernel // 2, groups)`` as a flax Conv
+    (through oneDNN on XLA:CPU when `conv_backend()` says so: same parameters)."""
+    if groups == 1 and jnp.dtype(dtype) == jnp.float32 and conv_backend() == "onednn":
+        return OneDnnConv(features, kernel, stride, use_bias=use_bias, name=name)
     pad = kernel // 2
     return nn.Conv(
         features,

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jdet.models.onednn_conv import OneDnnConv, conv_backend
 from jdet.models.fast_layers import (  # noqa: F401 - re-exported: the fast path's ops
     FastBatchNorm,
     StridedConv3x3,
@@ -123,7 +124,17 @@ class ConvBNAct(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         pad = self.kernel // 2
-        if self.kernel == 1 and self.stride == 1 and self.groups == 1:
+        if (
+            _fast()
+            and self.groups == 1
+            and jnp.dtype(self.dtype) == jnp.float32
+            and x.dtype == jnp.float32
+            and conv_backend() == "onednn"
+        ):
+            # oneDNN's convolutions and gradients on XLA:CPU (jdet.models.onednn_conv), 1×1
+            # included (faster there than XLA's dot). Same parameter.
+            x = OneDnnConv(self.features, self.kernel, self.stride, name="conv")(x)
+        elif self.kernel == 1 and self.stride == 1 and self.groups == 1:
             # A 1×1 convolution is a matmul over channels; XLA:CPU runs it ~15 % faster as a
             # dot than as a convolution (YOLOv8n eval forward, batch 8, 320²). Same parameter.
             x = PointwiseConv(self.features, dtype=self.dtype, name="conv")(x)
@@ -245,6 +256,11 @@ class DetectBranch(nn.Module):
         bn = dict(dtype=self.dtype, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum)
         x = ConvBNAct(self.hidden, 3, **bn, name="0")(x, train)
         x = ConvBNAct(self.hidden, 3, **bn, name="1")(x, train)
+        if _fast() and jnp.dtype(self.dtype) == jnp.float32 and conv_backend() == "onednn":
+            return OneDnnConv(
+                self.out, 1, use_bias=True, bias_init=nn.initializers.constant(self.bias_init),
+                name="2",
+            )(x)
         return nn.Conv(
             self.out,
             (1, 1),

@@ -1,0 +1,1 @@
+"""Native (C++) kernels jdet builds on first use; see `jdet.native.onednn`."""

@@ -1,0 +1,233 @@
+"""jdet's oneDNN convolution on XLA:CPU (jdet/native, jdet.models.onednn_conv) against XLA's
+own: values and both gradients agree to float32 rounding for strides, asymmetric paddings,
+kernel sizes, batches that do not split evenly over the thread pool, empty batches, under jit
+and eagerly and under vmap; the models built with it have the same variables and agree with the
+XLA path; the backend choice and its error messages."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jdet.models import fusion, layers
+from jdet.models.onednn_conv import OneDnnConv, conv2d, conv_backend, cpu_conv
+from jdet.models.yolo import YOLOv8
+from jdet.native import onednn
+from tests.test_fast_path import _rel_err, close, tree_close
+
+try:
+    onednn.load()
+    _MISSING = None
+except onednn.OneDnnUnavailable as e:  # pragma: no cover - CI installs the dependencies
+    _MISSING = str(e)
+
+RTOL = 5e-5
+needs_onednn = pytest.mark.skipif(_MISSING is not None, reason=f"oneDNN unavailable: {_MISSING}")
+
+
+def _lax(x, w, strides, padding):
+    return jax.lax.conv_general_dilated(
+        x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def _check(shape_x, shape_w, strides, padding, seed=0, jit=True):
+    k = jax.random.split(jax.random.PRNGKey(seed), 3)
+    x = jax.random.normal(k[0], shape_x)
+    w = jax.random.normal(k[1], shape_w) / np.sqrt(np.prod(shape_w[:3]))
+    ref_out, ref_vjp = jax.vjp(lambda a, b: _lax(a, b, strides, padding), x, w)
+    dy = jax.random.normal(k[2], ref_out.shape)
+
+    def ours(a, b, g):
+        out, vjp = jax.vjp(lambda p, q: conv2d(p, q, strides, padding), a, b)
+        return out, vjp(g)
+
+    out, (dx, dw) = (jax.jit(ours) if jit else ours)(x, w, dy)
+    rdx, rdw = ref_vjp(dy)
+    what = f"x {shape_x} w {shape_w} strides {strides} padding {padding}"
+    # float32 sums of up to k·k·C products in another order: a few ulps of the largest
+    close(out, ref_out, RTOL, what=f"{what}: value")
+    close(dx, rdx, RTOL, what=f"{what}: input gradient")
+    close(dw, rdw, RTOL, what=f"{what}: weight gradient")
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    "shape_x, shape_w, strides, padding",
+    [
+        ((8, 12, 12, 16), (3, 3, 16, 32), (1, 1), ((1, 1), (1, 1))),
+        ((8, 12, 12, 16), (3, 3, 16, 8), (2, 2), ((1, 1), (1, 1))),
+        ((3, 9, 11, 5), (3, 3, 5, 7), (2, 1), ((0, 2), (1, 0))),  # odd batch, asymmetric
+        ((1, 10, 10, 3), (3, 3, 3, 16), (2, 2), ((1, 1), (1, 1))),  # batch 1, 3 channels
+        ((4, 7, 7, 24), (1, 1, 24, 12), (1, 1), ((0, 0), (0, 0))),  # 1×1
+        ((2, 8, 8, 4), (5, 5, 4, 6), (1, 1), ((2, 2), (2, 2))),  # 5×5
+    ],
+)
+def test_conv2d_matches_lax(shape_x, shape_w, strides, padding):
+    _check(shape_x, shape_w, strides, padding)
+
+
+@needs_onednn
+def test_conv2d_eager_and_vmap():
+    _check((5, 8, 8, 4), (3, 3, 4, 6), (1, 1), ((1, 1), (1, 1)), jit=False)
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 2, 6, 6, 4))
+    w = jax.random.normal(jax.random.PRNGKey(2), (3, 3, 4, 5))
+    pad = ((1, 1), (1, 1))
+    got = jax.vmap(lambda a: conv2d(a, w, (1, 1), pad))(x)
+    want = jax.vmap(lambda a: _lax(a, w, (1, 1), pad))(x)
+    close(got, want, RTOL, what="vmap")
+
+
+@needs_onednn
+def test_conv2d_empty_batch():
+    x, w = jnp.zeros((0, 6, 6, 4)), jnp.ones((3, 3, 4, 5))
+    out, vjp = jax.vjp(lambda a, b: conv2d(a, b, (1, 1), ((1, 1), (1, 1))), x, w)
+    assert out.shape == (0, 6, 6, 5)
+    dx, dw = vjp(jnp.zeros_like(out))
+    assert dx.shape == x.shape and np.all(np.asarray(dw) == 0)
+
+
+@needs_onednn
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 5),
+    hw=st.tuples(st.integers(3, 9), st.integers(3, 9)),
+    c=st.integers(1, 9),
+    o=st.integers(1, 9),
+    k=st.sampled_from([1, 3]),
+    s=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    pad=st.tuples(st.integers(0, 1), st.integers(0, 1), st.integers(0, 1), st.integers(0, 1)),
+)
+def test_conv2d_matches_lax_property(n, hw, c, o, k, s, pad):
+    padding = ((pad[0], pad[1]), (pad[2], pad[3]))
+    _check((n, *hw, c), (k, k, c, o), s, padding, seed=n * 7 + c)
+
+
+def test_conv2d_rejects_bad_operands():
+    with pytest.raises(ValueError, match="float32"):
+        conv2d(jnp.ones((1, 4, 4, 2), jnp.bfloat16), jnp.ones((3, 3, 2, 2), jnp.bfloat16))
+    with pytest.raises(ValueError, match=r"\[N,H,W,C\]"):
+        conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 3, 2)))
+
+
+def test_backend_choice(monkeypatch):
+    # The test process has 8 (virtual) CPU devices: "auto" keeps XLA's convolutions.
+    monkeypatch.delenv("JDET_CPU_CONV", raising=False)
+    assert jax.device_count() > 1 and conv_backend() == "xla"
+    with cpu_conv("xla"):
+        assert conv_backend() == "xla"
+    if _MISSING is None:
+        with cpu_conv("onednn"):
+            assert conv_backend() == "onednn"
+    monkeypatch.setenv("JDET_CPU_CONV", "fast")
+    with pytest.raises(ValueError, match="JDET_CPU_CONV must be one of auto, onednn, xla"):
+        conv_backend()
+    with pytest.raises(ValueError, match="cpu conv backend"):
+        with cpu_conv("mkl"):
+            pass
+
+
+def test_unavailable_messages(monkeypatch, tmp_path):
+    monkeypatch.setattr(onednn, "_prefixes", lambda: [tmp_path])
+    with pytest.raises(onednn.OneDnnUnavailable, match="pip install onednn-cpu-gomp"):
+        onednn.find_onednn()
+    if _MISSING is not None:
+        return
+    monkeypatch.undo()
+    monkeypatch.setenv("JDET_NATIVE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", "no-such-compiler-jdet")
+    with pytest.raises(onednn.OneDnnUnavailable, match="no C\\+\\+ compiler 'no-such-compiler"):
+        onednn.build()
+
+
+@needs_onednn
+def test_build_is_cached_and_reports_version(tmp_path, monkeypatch):
+    monkeypatch.setenv("JDET_NATIVE_CACHE", str(tmp_path))
+    path = onednn.build()
+    assert path.is_file() and path.parent.parent == tmp_path
+    assert onednn.build() == path  # cached: same key, no rebuild
+    assert os.access(path, os.R_OK)
+    assert onednn.version().startswith("3.")
+    ok, line = onednn.status()
+    assert ok and "oneDNN 3." in line
+
+
+def _yolo_loss(model, variables, images, cts, train):
+    def loss(params):
+        out = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, images,
+                          train=train, mutable=["batch_stats"] if train else False)
+        out, stats = out if train else (out, None)
+        return sum(jnp.vdot(o, c) for o, c in zip(out, cts)), (out, stats)
+
+    (_, (out, stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    return jax.tree.map(np.asarray, (out, stats, grads))
+
+
+@needs_onednn
+def test_yolo_onednn_matches_xla():
+    """Tiny YOLOv8 with every convolution through oneDNN: the same variables; outputs, batch
+    statistics and parameter gradients agree with XLA's convolutions to float32 rounding (as
+    close to a float64 reference as XLA's own float32 gradients)."""
+    model = YOLOv8("t", num_classes=3)
+    images = jax.random.uniform(jax.random.PRNGKey(3), (3, 64, 64, 3))
+    with cpu_conv("xla"):
+        v0 = model.init(jax.random.PRNGKey(0), images)
+        heads = model.apply(v0, images)
+    with cpu_conv("onednn"):
+        v1 = model.init(jax.random.PRNGKey(0), images)
+        hlo = jax.jit(lambda v, x: model.apply(v, x)).lower(v1, images).as_text()
+    assert "jdet_onednn_conv_fwd" in hlo
+    tree_close(v1, v0, rtol=0, what="init")
+    cts = [jax.random.normal(jax.random.PRNGKey(10 + i), o.shape) for i, o in enumerate(heads)]
+    for train in (True, False):
+        with cpu_conv("xla"):
+            o0, s0, g0 = _yolo_loss(model, v0, images, cts, train)
+        with cpu_conv("onednn"):
+            o1, s1, g1 = _yolo_loss(model, v0, images, cts, train)
+        with jax.enable_x64(True), cpu_conv("xla"), layers.layer_impl("plain"):
+            v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), v0)
+            model64 = YOLOv8("t", num_classes=3, dtype=jnp.float64)
+            o64, s64, g64 = _yolo_loss(model64, v64, jnp.asarray(images, jnp.float64),
+                                       [jnp.asarray(c, jnp.float64) for c in cts], train)
+        # Through ~60 layers with batch statistics, float32 rounding alone reaches ~1e-4 (and
+        # ~1e-3 on some gradients): the oneDNN path must be as close to a float64 run as XLA's
+        # float32 path is.
+        for name, ours, xla, ref in (("outputs", o1, o0, o64), ("batch_stats", s1, s0, s64),
+                                     ("grads", g1, g0, g64)):
+            if ref is None:
+                continue
+            leaves = jax.tree_util.tree_leaves_with_path(ref)
+            worst_xla = max(_rel_err(x, r) for (_, r), x in zip(leaves, jax.tree.leaves(xla)))
+            for (path, r), o in zip(leaves, jax.tree.leaves(ours)):
+                err = _rel_err(o, r)
+                where = f"{name}{jax.tree_util.keystr(path)} train={train}"
+                assert err <= max(2e-5, 2 * worst_xla), (
+                    f"{where}: oneDNN {err:.1e} from float64, XLA's worst leaf {worst_xla:.1e}"
+                )
+
+
+@needs_onednn
+def test_fusion_conv_same_variables():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 8))
+    for kernel, bias in ((3, True), (1, False)):
+        with cpu_conv("xla"):
+            m0 = fusion.conv2d(16, kernel, use_bias=bias)
+            v0 = m0.init(jax.random.PRNGKey(1), x)
+            y0 = m0.apply(v0, x)
+        with cpu_conv("onednn"):
+            m1 = fusion.conv2d(16, kernel, use_bias=bias)
+            assert isinstance(m1, OneDnnConv)
+            v1 = m1.init(jax.random.PRNGKey(1), x)
+            y1 = m1.apply(v1, x)
+        tree_close(v1, v0, rtol=0, what=f"init k={kernel}")
+        close(y1, y0, RTOL, what=f"fusion conv k={kernel}")
+    # grouped convolutions stay with flax
+    with cpu_conv("onednn"):
+        assert not isinstance(fusion.conv2d(16, 3, groups=2), OneDnnConv)
+    assert layers.OneDnnConv is OneDnnConv
