@@ -10,7 +10,15 @@ DINOv3 tiny support encoder and the prior-initialised prototype logit bias, 128�
 references, 2-way 3-shot 4-query episodes; 1,500 steps, evaluation every 500, best weights by
 mAP50. Target: ≤ 15 minutes on 2 CPU cores.
 
-Measured (2-core AMD EPYC VM, one device, first run incl. generation, build and
+Measured with convolutions through oneDNN (jdet's default on one CPU device since issue 8's
+oneDNN extension; 2-core AMD EPYC VM, data already generated, nothing else running): 16 min
+7 s wall, about 2 steps/s while training; step 1500: ST-IoU 0.1971 at conf 0.25, mAP50
+0.4653, mAP50-95 0.2076; ST-IoU 0.381 with the confidence threshold (0.06) tuned on 8 other
+synthetic videos, vs 0.188 for template matching (2.03×) (`scripts/compare_baselines.py`).
+
+Earlier, with XLA's own convolutions (now JDET_CPU_CONV=xla; float32 rounding differs, so
+training ends elsewhere):
+measured (2-core AMD EPYC VM, one device, first run incl. generation, build and
 compilation, nothing else running; the fast layer path of issue 8): 16 min 25 s wall, about
 1.9 steps/s while training, on a day the VM measured ~200 GFLOP/s float32 peak (an earlier
 code version took 10 min 44 s, 3 steps/s, on a faster day: over the 15-minute target today).

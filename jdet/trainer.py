@@ -29,6 +29,7 @@ from jdet.evaluator import BEST, Evaluator
 from jdet.feed import DevicePrefetch, as_host
 from jdet.losses import TERM_NAMES, LossConfig
 from jdet.metrics import MetricsWriter, train_record, truncate_after
+from jdet.models.onednn_conv import conv_description
 from jdet.models.refdet import RefDet, refdet_param_groups
 from jdet.optim import OptimConfig, learning_rate_schedule, make_optimizer
 from jdet.plots import plot_run
@@ -223,7 +224,7 @@ def train_and_evaluate(
     if main:
         print(
             f"jdet: {origin}; {jax.device_count()} device(s) ({jax.devices()[0].platform}) in "
-            f"{jax.process_count()} process(es)",
+            f"{jax.process_count()} process(es); convolutions: {conv_description()}",
             flush=True,
         )
     root_rng = jax.random.PRNGKey(config.seed + 1)

@@ -128,9 +128,8 @@ def test_backend_choice(monkeypatch):
     monkeypatch.setenv("JDET_CPU_CONV", "fast")
     with pytest.raises(ValueError, match="JDET_CPU_CONV must be one of auto, onednn, xla"):
         conv_backend()
-    with pytest.raises(ValueError, match="cpu conv backend"):
-        with cpu_conv("mkl"):
-            pass
+    with pytest.raises(ValueError, match="cpu conv backend"), cpu_conv("mkl"):
+        pass
 
 
 def test_unavailable_messages(monkeypatch, tmp_path):

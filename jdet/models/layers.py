@@ -16,7 +16,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jdet.models.onednn_conv import OneDnnConv, conv_backend
 from jdet.models.fast_layers import (  # noqa: F401 - re-exported: the fast path's ops
     FastBatchNorm,
     StridedConv3x3,
@@ -24,6 +23,7 @@ from jdet.models.fast_layers import (  # noqa: F401 - re-exported: the fast path
     bn_act_train,
     conv3x3_s2,
 )
+from jdet.models.onednn_conv import OneDnnConv, conv_backend
 
 Dtype = Any
 

@@ -84,6 +84,15 @@ def conv_backend() -> str:
     return "onednn"
 
 
+def conv_description() -> str:
+    """For run logs: "oneDNN 3.2.0" or "XLA" (what `conv_backend()` picks now)."""
+    if conv_backend() == "onednn":
+        from jdet.native import onednn
+
+        return f"oneDNN {onednn.version()}"
+    return "XLA"
+
+
 def _pads(padding: Sequence[tuple[int, int]]) -> tuple[int, int, int, int]:
     (pt, pb), (pl, pr) = padding
     return int(pt), int(pb), int(pl), int(pr)
