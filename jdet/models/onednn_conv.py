@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 from collections.abc import Iterator, Sequence
 
 import flax.linen as nn
@@ -77,11 +78,25 @@ def conv_backend() -> str:
 
     try:
         onednn.load()
-    except onednn.OneDnnUnavailable:
+    except onednn.OneDnnUnavailable as e:
         if choice == "onednn":
             raise
+        _warn_once(onednn, e)
         return "xla"
     return "onednn"
+
+
+def _warn_once(onednn, error: Exception) -> None:
+    """"auto" fell back to XLA although oneDNN is installed (a failed build): say so once."""
+    if _OVERRIDE.get("warned"):
+        return
+    _OVERRIDE["warned"] = True
+    try:
+        onednn.find_onednn()
+    except onednn.OneDnnUnavailable:
+        return  # not installed (not Linux x86-64): XLA's convolutions are expected
+    print(f"jdet: oneDNN convolutions unavailable, using XLA's ({ENV}=xla silences this): "
+          f"{error}", file=sys.stderr, flush=True)
 
 
 def conv_description() -> str:

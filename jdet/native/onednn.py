@@ -82,7 +82,9 @@ def _build_key(lib: Path, inc: Path, ffi_inc: str, cxx: str) -> str:
 
 
 def build(verbose: bool = False) -> Path:
-    """Compile the extension (or find the cached build) and return the shared library's path."""
+    """Compile the extension (or find the cached build) and return the shared library's path.
+
+    Says so on stderr when it compiles (with the command when verbose)."""
     import jax.ffi
 
     lib, inc = find_onednn()
@@ -107,8 +109,8 @@ def build(verbose: bool = False) -> Path:
         str(SOURCE), "-o", tmp,
         f"-L{lib.parent}", f"-l:{lib.name}", f"-Wl,-rpath,{lib.parent}",
     ]
-    if verbose:
-        print("jdet: building the oneDNN convolution extension:", " ".join(cmd), file=sys.stderr)
+    print(f"jdet: building the oneDNN convolution extension once (a few seconds) into "
+          f"{out.parent}" + (f": {' '.join(cmd)}" if verbose else ""), file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         Path(tmp).unlink(missing_ok=True)
