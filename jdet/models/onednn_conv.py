@@ -7,7 +7,7 @@ convolution on any other platform (`lax.platform_dependent`). Same function: the
 differ by float32 rounding only (tests/test_onednn_conv.py).
 
 Why: per layer shape of YOLOv8n at 320² (batch 8, 2-core AMD EPYC), oneDNN's forward + both
-gradients take 1.3–3.4× less time than XLA:CPU's (Eigen or YNNPACK) convolutions — most of
+gradients take 1.4–4.8× less time than XLA:CPU's (Eigen or YNNPACK) convolutions — most of
 all the strided and few-channel layers whose XLA input gradient is a slow zero-dilated
 convolution — and the weight gradient needs no layout transposes (README "Benchmarks").
 
