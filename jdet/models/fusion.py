@@ -50,7 +50,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jdet.models.onednn_conv import OneDnnConv, conv_backend
+from jdet.models.onednn_conv import OneDnnConv, use_onednn
 
 Dtype = Any
 
@@ -82,8 +82,8 @@ def conv2d(
     name: str | None = None,
 ) -> nn.Conv:
     """torch ``nn.Conv2d(..., kernel, stride, padding=kernel // 2, groups)`` as a flax Conv
-    (through oneDNN on XLA:CPU when `conv_backend()` says so: same parameters)."""
-    if groups == 1 and jnp.dtype(dtype) == jnp.float32 and conv_backend() == "onednn":
+    (through oneDNN on XLA:CPU when `use_onednn` says so: same parameters)."""
+    if groups == 1 and use_onednn(dtype):
         return OneDnnConv(features, kernel, stride, use_bias=use_bias, name=name)
     pad = kernel // 2
     return nn.Conv(

@@ -23,7 +23,7 @@ from jdet.models.fast_layers import (  # noqa: F401 - re-exported: the fast path
     bn_act_train,
     conv3x3_s2,
 )
-from jdet.models.onednn_conv import OneDnnConv, conv_backend
+from jdet.models.onednn_conv import OneDnnConv, use_onednn
 
 Dtype = Any
 
@@ -124,13 +124,7 @@ class ConvBNAct(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         pad = self.kernel // 2
-        if (
-            _fast()
-            and self.groups == 1
-            and jnp.dtype(self.dtype) == jnp.float32
-            and x.dtype == jnp.float32
-            and conv_backend() == "onednn"
-        ):
+        if _fast() and self.groups == 1 and use_onednn(self.dtype, x.dtype):
             # oneDNN's convolutions and gradients on XLA:CPU (jdet.models.onednn_conv), 1×1
             # included (faster there than XLA's dot). Same parameter.
             x = OneDnnConv(self.features, self.kernel, self.stride, name="conv")(x)
@@ -256,7 +250,7 @@ class DetectBranch(nn.Module):
         bn = dict(dtype=self.dtype, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum)
         x = ConvBNAct(self.hidden, 3, **bn, name="0")(x, train)
         x = ConvBNAct(self.hidden, 3, **bn, name="1")(x, train)
-        if _fast() and jnp.dtype(self.dtype) == jnp.float32 and conv_backend() == "onednn":
+        if _fast() and use_onednn(self.dtype, x.dtype):
             return OneDnnConv(
                 self.out, 1, use_bias=True, bias_init=nn.initializers.constant(self.bias_init),
                 name="2",

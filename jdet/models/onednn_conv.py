@@ -99,6 +99,12 @@ def _warn_once(onednn, error: Exception) -> None:
           f"{error}", file=sys.stderr, flush=True)
 
 
+def use_onednn(*dtypes) -> bool:
+    """Whether a convolution with these (compute, operand) dtypes, traced now, goes through
+    oneDNN: all float32 and `conv_backend()` is "onednn"."""
+    return all(jnp.dtype(d) == jnp.float32 for d in dtypes) and conv_backend() == "onednn"
+
+
 def conv_description() -> str:
     """For run logs: "oneDNN 3.2.0" or "XLA" (what `conv_backend()` picks now)."""
     if conv_backend() == "onednn":
