@@ -45,19 +45,40 @@ def fixtures_dir() -> pathlib.Path:
     return FIXTURES
 
 
-# The longest test files (minutes of XLA compilation each on 2 CPU cores) start first, so that
-# the two xdist workers (`--dist loadfile`: a file per worker, taken in collection order) do not
-# end with one of them alone on a long file. Longest first.
+# Scheduling over the two xdist workers (`-n 2 --dist loadfile`, pyproject.toml): each test
+# file is one unit of work (its module fixtures run once), and the longest units start first
+# so that neither worker ends alone on a long file. Longest first (measured in CI).
 _LONG_FILES = (
-    "test_distributed.py",
     "test_train_robust.py",
     "test_train.py",
+    "test_distributed.py",
     "test_refdet.py",
     "test_fast_path.py",
     "test_steps.py",
+    "test_onednn_conv.py",
 )
+# Files run as one unit, on one worker, one after the other: test_train.py's tiny run compiles
+# the same programs as test_train_robust.py's reference run, so the second finds them in the
+# persistent compilation cache instead of compiling them again beside the first.
+_SAME_WORKER = {"test_train.py": "tiny-run", "test_train_robust.py": "tiny-run"}
 
 
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(_LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: others keep order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, with the `_SAME_WORKER` files as one unit and units started in
+    collection order (xdist would otherwise reorder them by their number of tests)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return _SAME_WORKER.get(pathlib.PurePath(file).name, file)
+
+    config.option.loadscopereorder = False
+    return Scheduling(config, log)

@@ -195,7 +195,13 @@ def _params_at(workdir: pathlib.Path, step: int) -> dict:
 
 
 def _wait(jobs, tmp_path) -> dict[str, str]:
-    codes = [job.wait(timeout=900) for job in jobs]
+    try:
+        codes = [job.wait(timeout=900) for job in jobs]
+    finally:  # a hung run (e.g. a collective waiting on a dead peer) must not outlive the test
+        for job in jobs:
+            if job.poll() is None:
+                job.kill()
+                job.wait()
     logs = {p.name: p.read_text() for p in tmp_path.glob("*.log")}
     assert codes == [0] * len(jobs), "\n\n".join(f"== {k}\n{v[-3000:]}" for k, v in logs.items())
     return logs
