@@ -57,10 +57,12 @@ _LONG_FILES = (
     "test_steps.py",
     "test_onednn_conv.py",
 )
-# Files run as one unit, on one worker, one after the other: test_train.py's tiny run compiles
-# the same programs as test_train_robust.py's reference run, so the second finds them in the
-# persistent compilation cache instead of compiling them again beside the first.
-_SAME_WORKER = {"test_train.py": "tiny-run", "test_train_robust.py": "tiny-run"}
+# Files run as one unit, on one worker, one after the other (in _LONG_FILES order): the tiny
+# runs of test_train.py and test_distributed.py (its 1-process reference) compile the same
+# programs as test_train_robust.py's reference run, so they find them in the persistent
+# compilation cache instead of compiling them again beside it.
+_SAME_WORKER = dict.fromkeys(("test_train_robust.py", "test_train.py", "test_distributed.py"),
+                             "tiny-run")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -165,8 +165,7 @@ def _launch(workdir, devices: int, process=0, processes=1, port=0, log_name=None
     args = [
         sys.executable, "-m", "jdet.train", "--config=configs/tiny.py", f"--workdir={workdir}",
         "--config.train.total_steps=3",  # a checkpoint after each step
-        "--config.data.q_query=2",  # batch 8 = 2 episodes: one per process
-        "--config.data.val_videos=0",
+        "--config.data.val_videos=0",  # (batch 8 = 2 episodes: one per process)
         "--config.debug.grad_check_every=-1",
         f"--config.distributed.cpu_devices={devices}",
     ]  # fmt: skip
@@ -259,13 +258,14 @@ def test_each_process_reads_its_share_of_the_episodes(monkeypatch):
     from configs import tiny
     from jdet import trainer
 
-    ecfg = trainer.episode_config(tiny.get_config())  # batch 8 = 1 episode of 2 ways × 4
-    assert trainer.process_episode_config(ecfg).episodes_per_batch == 1
+    ecfg = trainer.episode_config(tiny.get_config())  # batch 8 = 2 episodes of 2 ways × 2
+    assert trainer.process_episode_config(ecfg).episodes_per_batch == 2
     monkeypatch.setattr(jax, "process_count", lambda: 2)
+    assert trainer.process_episode_config(ecfg).episodes_per_batch == 1
     with pytest.raises(ValueError, match="1 episode.*2 processes cannot share"):
-        trainer.process_episode_config(ecfg)
-    two = trainer.process_episode_config(dataclasses.replace(ecfg, episodes_per_batch=4))
-    assert two.episodes_per_batch == 2
+        trainer.process_episode_config(dataclasses.replace(ecfg, episodes_per_batch=1))
+    four = trainer.process_episode_config(dataclasses.replace(ecfg, episodes_per_batch=4))
+    assert four.episodes_per_batch == 2
 
 
 def test_config_validation_covers_the_distributed_section():
