@@ -57,20 +57,23 @@ def nan_injector(steps: str):
 
 
 class CompileCounter:
-    """Context manager counting XLA backend compilations (jax.monitoring) inside it."""
+    """Context manager counting XLA backend compilations (jax.monitoring) inside it; the
+    count adds up over every `with` block. Its jax.monitoring listener exists only inside a
+    block (nothing stays registered after a run)."""
 
     def __init__(self):
-        self.count, self._active = 0, False
+        self.count = 0
+
+    def _on_event(self, event: str, duration: float, **_: Any) -> None:
+        if event.endswith("backend_compile_duration"):
+            self.count += 1
+
+    def __enter__(self) -> None:
         from jax import monitoring
 
         monitoring.register_event_duration_secs_listener(self._on_event)
 
-    def _on_event(self, event: str, duration: float, **_: Any) -> None:
-        if self._active and event.endswith("backend_compile_duration"):
-            self.count += 1
-
-    def __enter__(self) -> None:
-        self._active = True
-
     def __exit__(self, *exc: object) -> None:
-        self._active = False
+        from jax import monitoring
+
+        monitoring.unregister_event_duration_listener(self._on_event)

@@ -136,13 +136,15 @@ def test_yolo_fast_matches_plain():
 
     def run(impl, train, x64=False):
         dt = jnp.float64 if x64 else jnp.float32
+        # the reference computes in float64 throughout (the model's compute dtype too)
+        net = YOLOv8("t", num_classes=3, dtype=dt) if x64 else model
         with jax.enable_x64(x64), layer_impl(impl):
             v = jax.tree.map(lambda a: jnp.asarray(a, dt), v0)
             x = jnp.asarray(images, dt)
 
             def loss(params):
-                out = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x,
-                                  train=train, mutable=["batch_stats"] if train else False)
+                out = net.apply({"params": params, "batch_stats": v["batch_stats"]}, x,
+                                train=train, mutable=["batch_stats"] if train else False)
                 out, stats = out if train else (out, None)
                 return sum(jnp.vdot(o, jnp.asarray(c, dt)) for o, c in zip(out, cts)), (out, stats)
 

@@ -283,3 +283,22 @@ def test_inject_nan_steps_validation_names_field(steps):
     config.debug.inject_nan_steps = steps
     with pytest.raises(ValueError, match="debug.inject_nan_steps"):
         validate(config)
+
+
+def test_compile_counter_counts_inside_its_blocks_and_leaves_no_listener():
+    """The trainer's recompile guard: compilations inside `with counter:` blocks add up, those
+    outside do not count, and no jax.monitoring listener outlives a block."""
+    from jax._src import monitoring
+
+    from jdet.train_checks import CompileCounter
+
+    before = len(monitoring.get_event_duration_listeners())
+    counter = CompileCounter()
+    c = float(time.time_ns() % 1_000_003)  # new programs, never in the persistent cache
+    with counter:
+        jax.jit(lambda x: x * 3.0 + c)(np.float32(2.0))  # one compile
+    jax.jit(lambda x: x - c)(np.float32(2.0))  # outside: not counted
+    with counter:
+        jax.jit(lambda x: x * 5.0 - c)(np.float32(2.0))
+    assert counter.count == 2
+    assert len(monitoring.get_event_duration_listeners()) == before
