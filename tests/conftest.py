@@ -70,6 +70,7 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: others keep order
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: no error when it is absent
 def pytest_xdist_make_scheduler(config, log):
     """`--dist loadfile`, with the `_SAME_WORKER` files as one unit and units started in
     collection order (xdist would otherwise reorder them by their number of tests)."""

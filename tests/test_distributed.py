@@ -165,7 +165,7 @@ def _launch(workdir, devices: int, process=0, processes=1, port=0, log_name=None
     args = [
         sys.executable, "-m", "jdet.train", "--config=configs/tiny.py", f"--workdir={workdir}",
         "--config.train.total_steps=3",  # a checkpoint after each step
-        "--config.data.val_videos=0",  # (batch 8 = 2 episodes: one per process)
+        "--config.data.val_videos=0",  # tiny's batch of 8 = 2 episodes: one per process
         "--config.debug.grad_check_every=-1",
         f"--config.distributed.cpu_devices={devices}",
     ]  # fmt: skip
