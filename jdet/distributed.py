@@ -185,14 +185,43 @@ def barrier(name: str, timeout_s: float | None = None) -> None:
     jax_distributed.global_state.client.wait_at_barrier(barrier_id, int(timeout * 1000))
 
 
-def compile_synchronized(jitted: Any, *args: Any, name: str = "compiled", **kwargs: Any) -> Any:
-    """`jitted.lower(*args, **kwargs).compile()`, then a `barrier`: the program's first
-    collective then starts on every process together, however long each took to compile.
-    Call the result with the non-static arguments; jax's caches make a repeated compile of
-    the same program free."""
-    compiled = jitted.lower(*args, **kwargs).compile()
+def compile_synchronized(
+    jitted: Any,
+    *args: Any,
+    name: str = "compiled",
+    compiler_options: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """`jitted.lower(*args, **kwargs).compile(compiler_options)`, then a `barrier`: the
+    program's first collective then starts on every process together, however long each took
+    to compile. Call the result with the non-static arguments; jax's caches make a repeated
+    compile of the same program free."""
+    compiled = jitted.lower(*args, **kwargs).compile(dict(compiler_options or {}))
     barrier(name)
     return compiled
+
+
+def run_once_compiler_options(platform: str | None = None) -> dict[str, Any]:
+    """XLA options for a program that runs once and is cheap to run: parameter
+    initialisation (hundreds of random-number kernels and nothing else once XLA has dropped
+    the model's unused forward pass). On CPU: LLVM optimisation level 0 without its expensive
+    passes. Measured on configs/tiny.py (413 parameter arrays, 8 CPU devices, 2-core VM, while
+    another process compiled beside it): 68.7 → 28.7 s to compile, 0.22 → 0.44 s to run; the
+    values are the same random draws to within float32 rounding (1 ulp in ~4 % of entries).
+    Other platforms: {} (not measured). Never for a program that runs many times: at level 0
+    a training-size gradient program ran 15× slower."""
+    platform = platform or jax.default_backend()
+    if platform != "cpu":
+        return {}
+    return {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def run_once(jitted: Any, *args: Any, name: str = "run-once") -> Any:
+    """``jitted(*args)``, compiled with `run_once_compiler_options` (all processes together,
+    as `compile_synchronized`): for parameter initialisation, e.g.
+    ``run_once(jax.jit(model.init), rng, batch)``."""
+    options = run_once_compiler_options()
+    return compile_synchronized(jitted, *args, name=name, compiler_options=options)(*args)
 
 
 def data_mesh() -> jax.sharding.Mesh:

@@ -144,7 +144,7 @@ def initial_state(config, model, example: dict, workdir: pathlib.Path, repl):
             finally:
                 manager.close()
             return state, data_state, f"resumed from {folder} at step {step}"
-    state = create(example)
+    state = distributed.run_once(create, example, name="init")  # compiled for compile speed
     if config.init:
         return _init_params(config, state, tx, repl), None, f"initialised params from {config.init}"
     return state, None, "from scratch"

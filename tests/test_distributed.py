@@ -84,6 +84,31 @@ def test_data_mesh_and_global_batch_on_one_process():
     distributed.barrier("noop")  # one process: returns at once
 
 
+def test_run_once_compiler_options_reach_xla_and_keep_the_random_draws():
+    """Parameter initialisation is compiled with `run_once_compiler_options` (on CPU: LLVM
+    level 0); the options reach XLA and the draws match the default build to float32
+    rounding."""
+    assert distributed.run_once_compiler_options("cpu")["xla_backend_optimization_level"] == 0
+    assert distributed.run_once_compiler_options("gpu") == {}
+
+    def init(key):
+        k1, k2 = jax.random.split(key)
+        return {
+            "kernel": jax.random.truncated_normal(k1, -2.0, 2.0, (3, 3, 16, 8)) * 0.1,
+            "embed": jax.random.normal(k2, (64, 33)),
+            "uniform": jax.random.uniform(key, (100,)),
+        }
+
+    key = jax.random.PRNGKey(0)
+    fast = jax.jit(init)
+    options = distributed.run_once_compiler_options()
+    got = distributed.compile_synchronized(fast, key, name="init", compiler_options=options)(key)
+    for name, ref in fast(key).items():
+        np.testing.assert_allclose(got[name], ref, rtol=1e-6, atol=1e-7, err_msg=name)
+    with pytest.raises(Exception, match="xla_no_such_option"):  # the options are not ignored
+        distributed.compile_synchronized(fast, key, compiler_options={"xla_no_such_option": 1})
+
+
 # ---------------------------------------------------------------------------------------------
 # Device prefetch
 # ---------------------------------------------------------------------------------------------
@@ -161,9 +186,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# jax writes persistent compilation cache entries from process 0 only (so that processes do
+# not write the same file), but on CPU every process's programs have keys of their own: when
+# the 2 processes resume, process 1 would compile its train step again (~2 min of CI). They
+# are therefore launched through this driver, which lets every process write its own
+# entries (jax's compiler module sees process 0); otherwise it is `python -m jdet.train`.
+EVERY_PROCESS_WRITES_CACHE = """
+import sys
+from absl import app
+from jax._src import compiler
+from jdet import train
+
+state = compiler.distributed.global_state
+
+class AsProcess0:
+    process_id = 0
+    def __getattr__(self, name):
+        return getattr(state, name)
+
+compiler.distributed = type(sys)("distributed_as_seen_by_the_compiler")
+compiler.distributed.global_state = AsProcess0()
+sys.argv[0] = "jdet.train"
+train._add_repo_root()
+app.run(train.main)
+"""
+
+
 def _launch(workdir, devices: int, process=0, processes=1, port=0, log_name=None):
+    command = ["-c", EVERY_PROCESS_WRITES_CACHE] if processes > 1 else ["-m", "jdet.train"]
     args = [
-        sys.executable, "-m", "jdet.train", "--config=configs/tiny.py", f"--workdir={workdir}",
+        sys.executable, *command, "--config=configs/tiny.py", f"--workdir={workdir}",
         "--config.train.total_steps=3",  # a checkpoint after each step
         "--config.data.val_videos=0",  # tiny's batch of 8 = 2 episodes: one per process
         "--config.debug.grad_check_every=-1",

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jdet.distributed import run_once
 from jdet.models import convert_refdet as C
 from jdet.models.fusion import PSALMFusion, select_fusion_prototypes
 from jdet.models.heads import (
@@ -139,7 +140,7 @@ def test_bias_init_and_temperature_init():
     head = DualDetectionHead(nc_base=80)
     feats = {k: jnp.zeros(x.shape) for k, x in pyramid(1, (64, 64), (8, 16, 16, 16)).items()}
     protos = {k: jnp.ones(x.shape) for k, x in vectors((1, 2), QUERY_CH).items()}
-    p = jax.jit(head.init)(jax.random.key(0), feats, protos)["params"]
+    p = run_once(jax.jit(head.init), jax.random.key(0), feats, protos)["params"]
     assert p["prototype_head"]["temperature"].shape == ()
     assert float(p["prototype_head"]["temperature"]) == 10.0
     for i, s in enumerate(STRIDES):
@@ -153,7 +154,7 @@ def test_prototype_logit_bias_is_prior_initialised_and_added():
     feats = {k: jnp.zeros(x.shape) for k, x in pyramid(1, (64, 64), (8, 16, 16, 16)).items()}
     protos = {k: jnp.ones(x.shape) for k, x in vectors((1, 2), QUERY_CH).items()}
     plain, biased = DualDetectionHead(nc_base=0), DualDetectionHead(nc_base=0, logit_bias=True)
-    v = jax.jit(biased.init)(jax.random.key(0), feats, protos)
+    v = run_once(jax.jit(biased.init), jax.random.key(0), feats, protos)
     head_params = v["params"]["prototype_head"]
     for i, s in enumerate(STRIDES):
         prior = np.log(5 / (640 / s) ** 2)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jdet.distributed import run_once
 from jdet.models.refdet import RefDet, refdet_param_groups
 from jdet.optim import OptimConfig, make_optimizer
 from jdet.steps import create_train_state, eval_step, train_step
@@ -22,8 +23,9 @@ def setup():
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))["params"]
     groups = refdet_param_groups(params, 1)
     tx = make_optimizer(OptimConfig(lr=1e-3, total_steps=10), params, groups)
-    # Jitted, as the trainer does (op by op it took twice as long).
-    state = jax.jit(lambda b: create_train_state(model, tx, jax.random.PRNGKey(0), b))(batch)
+    # Jitted for compile speed, as the trainer does (op by op it took twice as long).
+    create = jax.jit(lambda b: create_train_state(model, tx, jax.random.PRNGKey(0), b))
+    state = run_once(create, batch)
     step = jax.jit(functools.partial(train_step, loss_weights=WEIGHTS))
     return state, batch, step, groups
 

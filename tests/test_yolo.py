@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jdet.distributed import run_once
 from jdet.models.convert import yolo_from_torch
 from jdet.models.yolo import YOLOv8, tap_channels
 from tests.conftest import FIXTURES
@@ -95,7 +96,7 @@ def test_bf16_compute_keeps_f32_params_and_tracks_f32():
 def test_train_mode_updates_batch_stats():
     m = YOLOv8("t", 3)
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 64, 64, 3))
-    v = jax.jit(m.init)(jax.random.PRNGKey(1), x)
+    v = run_once(jax.jit(m.init), jax.random.PRNGKey(1), x)
     _, mutated = jax.jit(lambda v, x: m.apply(v, x, train=True, mutable=["batch_stats"]))(v, x)
     before = jax.tree.leaves(v["batch_stats"])
     after = jax.tree.leaves(mutated["batch_stats"])
