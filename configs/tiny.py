@@ -2,10 +2,12 @@
 
     python -m jdet.train --config configs/tiny.py --workdir /tmp/jdet_tiny [--check]
 
-Measured on a shared 2-core CPU VM: 3 min 8 s wall for the command above with 8 virtual CPU
+Measured on a shared 2-core CPU VM: 3 min 2 s wall for the command above with 8 virtual CPU
 devices as in the tests (XLA_FLAGS=--xla_force_host_platform_device_count=8) and an empty
-compilation cache, 33 s when the compiled programs are in the cache (3 steps, no validation;
-tests/test_distributed.py's 1-process reference). Batches of 8 are 2 episodes of 2 ways × 2
+compilation cache (3 min 8 s before the initialisation was compiled at LLVM level 0, on
+another day), 64 s when the compiled programs are in the cache (with
+--config.data.val_videos=0), 33 s without the step-0 gradient check as well
+(tests/test_distributed.py's 1-process reference). Batches of 8 are 2 episodes of 2 ways × 2
 queries, so 2 processes can share them.
 It also generates 1 validation video and evaluates 8 of its frames at the end (the
 evaluation, best-weights and report paths). Metric: not meaningful (a smoke test, not a

@@ -205,11 +205,12 @@ def run_once_compiler_options(platform: str | None = None) -> dict[str, Any]:
     """XLA options for a program that runs once and is cheap to run: parameter
     initialisation (hundreds of random-number kernels and nothing else once XLA has dropped
     the model's unused forward pass). On CPU: LLVM optimisation level 0 without its expensive
-    passes. Measured on configs/tiny.py (413 parameter arrays, 8 CPU devices, 2-core VM, while
-    another process compiled beside it): 68.7 → 28.7 s to compile, 0.22 → 0.44 s to run; the
-    values are the same random draws to within float32 rounding (1 ulp in ~4 % of entries).
-    Other platforms: {} (not measured). Never for a program that runs many times: at level 0
-    a training-size gradient program ran 15× slower."""
+    passes. Measured on configs/tiny.py's initialisation (413 parameter arrays, 8 CPU devices,
+    the 2-core VM): 27–31 → 14–17 s to compile and 0.07–0.11 → 0.21–0.29 s to run on a quiet
+    machine, 69 → 29 s to compile beside another compiling process; the values are the same
+    random draws to float32 rounding (≤ 3e-7 relative, in ~4 % of the entries). Other
+    platforms: {} (not measured). Never for a program that runs many times: at level 0 the
+    tiny model's per-term gradient program ran 15× slower (52 s against 3.5 s)."""
     platform = platform or jax.default_backend()
     if platform != "cpu":
         return {}
