@@ -109,6 +109,12 @@ def test_run_once_compiler_options_reach_xla_and_keep_the_random_draws():
         distributed.compile_synchronized(fast, key, compiler_options={"xla_no_such_option": 1})
 
 
+def test_run_once_falls_back_when_xla_lacks_the_options(monkeypatch):
+    monkeypatch.setattr(distributed, "run_once_compiler_options", lambda: {"xla_no_such_option": 1})
+    x = np.arange(6, dtype=np.float32)
+    np.testing.assert_array_equal(distributed.run_once(jax.jit(lambda a: a * 2), x), x * 2)
+
+
 # ---------------------------------------------------------------------------------------------
 # Device prefetch
 # ---------------------------------------------------------------------------------------------
