@@ -194,7 +194,7 @@ def _free_port() -> int:
 
 # jax writes persistent compilation cache entries from process 0 only (so that processes do
 # not write the same file), but on CPU every process's programs have keys of their own: when
-# the 2 processes resume, process 1 would compile its train step again (~2 min of CI). They
+# the 2 processes resume, process 1 would compile its train step again (1–2 min in CI). They
 # are therefore launched through this driver, which lets every process write its own
 # entries (jax's compiler module sees process 0); otherwise it is `python -m jdet.train`.
 EVERY_PROCESS_WRITES_CACHE = """
