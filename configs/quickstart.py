@@ -10,32 +10,18 @@ DINOv3 tiny support encoder and the prior-initialised prototype logit bias, 128�
 references, 2-way 3-shot 4-query episodes; 1,500 steps, evaluation every 500, best weights by
 mAP50. Target: ≤ 15 minutes on 2 CPU cores.
 
-Measured with convolutions through oneDNN (jdet's default on one CPU device since issue 8's
-oneDNN extension; 2-core AMD EPYC VM, data already generated, nothing else running): 16 min
-7 s wall, about 2 steps/s while training; step 1500: ST-IoU 0.1971 at conf 0.25, mAP50
-0.4653, mAP50-95 0.2076; ST-IoU 0.381 with the confidence threshold (0.06) tuned on 8 other
-synthetic videos, vs 0.188 for template matching (2.03×) (`scripts/compare_baselines.py`).
-
-Earlier, with XLA's own convolutions (now JDET_CPU_CONV=xla; float32 rounding differs, so
-training ends elsewhere):
-measured (2-core AMD EPYC VM, one device, first run incl. generation, build and
-compilation, nothing else running; the fast layer path of issue 8): 16 min 25 s wall, about
-1.9 steps/s while training, on a day the VM measured ~200 GFLOP/s float32 peak (an earlier
-code version took 10 min 44 s, 3 steps/s, on a faster day: over the 15-minute target today).
-Validation at step 1500 (8 unseen videos, 192 frames): ST-IoU 0.2295 at conf 0.25, mAP50
-0.5312, mAP50-95 0.2257; ST-IoU 0.408 with the confidence threshold (0.05) tuned on 8 other
-synthetic videos, vs 0.188 for template matching (2.18×), 0.010 full-frame, 0 empty.
-Deterministic: repeated runs of one code version give identical metrics. Re-run after the
-step-0 check moved to the "scan" per-term gradients (same command, fresh data and compilation
-caches): 17 min 2 s wall on a slower day (1.9 steps/s), the same metrics to the last digit.
-With JDET_XLA_CPU_CONV=eigen (XLA:CPU convolutions off YNNPACK, README "Benchmarks"): 18 min
-46 s, 1.7 steps/s (this model is ~1.1× slower with it), ST-IoU 0.2203, mAP50 0.4885,
-mAP50-95 0.2207 at step 1500.
+Result (2026-11-26, 2-core AMD EPYC (Zen 4) VM, one CPU device, oneDNN convolutions, data
+already generated, nothing else running): 16 min 7 s wall, about 2 steps/s while training;
+step 1500 on the 8 validation videos: ST-IoU 0.1971 at conf 0.25, mAP50 0.4653, mAP50-95
+0.2076; ST-IoU 0.381 with the confidence threshold (0.06) tuned on 8 other synthetic videos,
+vs 0.188 for template matching (2.03×; `python scripts/compare_baselines.py`). Runs repeat to
+the last digit on one machine; another CPU kind rounds float32 differently and ends elsewhere
+(a 2-core Intel Xeon VM, 2026-11: ST-IoU 0.1743, mAP50 0.4710 at step 1500).
 """
 
 import pathlib
 
-from configs.common import base_config, finalize
+from jdet.config import base_config, finalize
 
 
 def get_config(arg: str | None = None):

@@ -1,8 +1,11 @@
-"""YOLOv8n-RefDet, the original's three stages (REFERENCE.md §3–4).
+"""YOLOv8n-RefDet, the original's three stages (docs/original.md §3–§4).
 
-    python -m jdet.train --config configs/refdet_n.py:stage=1 --workdir runs/s1 --config.data.source=DATA
-    python -m jdet.train --config configs/refdet_n.py:stage=2 --workdir runs/s2 --config.init=runs/s1
-    python -m jdet.train --config configs/refdet_n.py:stage=3 --workdir runs/s3 --config.init=runs/s2
+    python -m jdet.train --config configs/refdet_n.py:stage=1 --workdir runs/s1 \\
+        --config.data.source=DATA
+    python -m jdet.train --config configs/refdet_n.py:stage=2 --workdir runs/s2 \\
+        --config.init=runs/s1
+    python -m jdet.train --config configs/refdet_n.py:stage=3 --workdir runs/s3 \\
+        --config.init=runs/s2
 
 Stage 1: box, cls, dfl only. Stage 2: all six terms (bbox 7.5, cls 0.5, dfl 0.75, supcon 1.2,
 cpe 0.6, triplet 0.3), AdamW lr 1e-4, wd 0.05, group lr 0.1/1/2/2, cosine to 0.01×, clip 5.0.
@@ -12,7 +15,7 @@ through `config.init` (a run directory's latest checkpoint or a weights folder).
 Hardware, wall time and metric: not measured yet.
 """
 
-from configs.common import base_config, finalize
+from jdet.config import base_config, finalize
 
 
 def get_config(arg: str | None = None):

@@ -14,7 +14,7 @@ evaluation, best-weights and report paths). Metric: not meaningful (a smoke test
 recipe; 3 steps from random weights).
 """
 
-from configs.common import base_config, finalize
+from jdet.config import base_config, finalize
 
 
 def get_config(arg: str | None = None):

@@ -1,8 +1,6 @@
-"""jdet: a JAX/Flax trainer for few-shot, reference-based object detection."""
+"""jdet: a JAX/Flax trainer for few-shot, reference-based object detection.
 
-from jdet import _xla_defaults
+Importing jdet has no side effects; see docs/design.md §1 for the package layout.
+"""
 
 __version__ = "0.1.0"
-
-# Before any JAX backend starts: the opt-in JDET_XLA_CPU_CONV=eigen (see the module).
-_xla_defaults.apply()

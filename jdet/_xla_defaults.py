@@ -2,7 +2,7 @@
 
 XLA:CPU (jaxlib 0.10) hands every convolution to YNNPACK by default. Measured on the 2-core
 AMD EPYC (Zen 4) CI machine, interleaved A/B of whole train steps
-(`python3 scripts/profile_step.py flags --flags ";JDET_XLA_CPU_CONV=eigen" [--model refdet]`):
+(`python -m benchmarks profile flags --flags ";JDET_XLA_CPU_CONV=eigen" [--model refdet]`):
 
 - YOLOv8n alone (batch 8, 320², detection loss, AdamW): XLA's own (Eigen) convolutions are
   1.10–1.13× faster (8×40×40×64→64 3×3: forward 9.8 → 7.7 ms, input gradient 9.4 → 7.8,

@@ -12,9 +12,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jdet.dtypes import at_least_f32
-
 from jdet.boxes import bbox_iou
+from jdet.dtypes import at_least_f32
 
 
 class Assignment(NamedTuple):
@@ -54,7 +53,7 @@ def _gather_targets(gt_labels, gt_boxes, gt_index, fg_mask, num_classes):
     """Labels, boxes and one-hot scores of the kept GT per anchor."""
     labels = jnp.take_along_axis(gt_labels, gt_index, axis=1)  # [B, A]
     # Padded GTs may carry any label: clip so the one-hot never indexes out of range
-    # (LOSSES.md §8.11: gathers clamp silently under jit).
+    # (docs/losses.md §7.11: gathers clamp silently under jit).
     labels = jnp.clip(labels, 0, num_classes - 1)
     boxes = jnp.take_along_axis(gt_boxes, gt_index[..., None], axis=1)  # [B, A, 4]
     onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
@@ -148,7 +147,7 @@ def center_assign(
     gt_mask: jax.Array,
     num_classes: int,
 ) -> Assignment:
-    """Centre-based assignment, the original's rule (REFERENCE.md §3), for comparison.
+    """Centre-based assignment, the original's rule (docs/original.md §3), for comparison.
 
     Every anchor whose centre lies inside a real GT is positive for it, at every scale; a GT
     that contains no anchor centre takes the anchor nearest its centre. An anchor inside several

@@ -1,7 +1,7 @@
 """Box geometry: conversions, the IoU family, anchors and distance encodings.
 
 Follows ultralytics/utils/metrics.py `bbox_iou` and ultralytics/utils/tal.py `make_anchors`,
-`dist2bbox`, `bbox2dist` (8.3 era), with the guards of LOSSES.md §8 so that values *and*
+`dist2bbox`, `bbox2dist` (8.3 era), with the guards of docs/losses.md §7 so that values *and*
 gradients stay finite for degenerate boxes (zero width/height, inverted, identical, huge).
 
 All boxes are ``[..., 4]`` float arrays in xyxy order unless a name says otherwise.
@@ -103,7 +103,7 @@ def bbox_iou(
     """IoU, GIoU, DIoU or CIoU of broadcastable boxes.
 
     Follows ultralytics/utils/metrics.py `bbox_iou(xywh=False)`; for boxes with positive width
-    and height the numbers are the same. Differences, all for NaN safety (LOSSES.md §8.6–7):
+    and height the numbers are the same. Differences, all for NaN safety (docs/losses.md §7.6–§7.7):
     negative widths/heights count as 0 in areas, and the aspect term uses max(h, eps).
 
     Args:

@@ -1,7 +1,7 @@
 """Multi-process runs on JAX's distributed runtime (`jax.distributed.initialize`).
 
 One process per host (or per GPU), all running the same command; the train step is the same
-jitted, sharded program as on one process (DESIGN.md §3), so nothing else changes:
+jitted, sharded program as on one process (docs/design.md §2), so nothing else changes:
 
 - `config.distributed` (or the environment) names the coordinator, the process count and this
   process's id; under SLURM or Open MPI `jax.distributed.initialize()` reads them itself.

@@ -1,7 +1,7 @@
 """Per-term gradients in one compiled call, and a gradient-health report.
 
 The original trained with six loss terms and found its NaN gradients by back-propagating each
-term alone on batch 0 (REFERENCE.md §4). Here `per_term_grads` takes one `jax.vjp` of the
+term alone on batch 0 (docs/original.md §4). Here `per_term_grads` takes one `jax.vjp` of the
 vector of terms and `vmap`s the pull-back over the K one-hot cotangents: all K gradients in
 one call, usable on any step. `grad_stats` reduces them to per-term health figures on device
 and `format_grad_report` prints the ✓/✗ table.
@@ -36,7 +36,7 @@ def per_term_grads(
     to miss (jax 0.10 cannot vmap the transpose of a grouped convolution under a sharding).
     method="separate": K `jax.grad` calls of one term each; under one jit XLA shares their
     forward pass, and each backward only walks its own term's graph, which is cheaper to run
-    when the terms' graphs overlap little (`scripts/bench.py losses` measures the methods).
+    when the terms' graphs overlap little (`python -m benchmarks losses` measures the methods).
 
     Args:
       terms_fn: ``terms_fn(params, *args) -> {name: [] f32}`` (or ``(terms, aux)`` with
@@ -76,7 +76,9 @@ def per_term_grads(
             name: jax.tree.map(lambda g, i=i: g[i], stacked_grads) for i, name in enumerate(names)
         }
     else:
-        grads = {name: jax.grad(_single_term(terms_fn, name, has_aux))(params, *args) for name in names}
+        grads = {
+            name: jax.grad(_single_term(terms_fn, name, has_aux))(params, *args) for name in names
+        }
     return (terms, grads, aux) if has_aux else (terms, grads)
 
 
@@ -101,7 +103,10 @@ def grad_stats(grads: Mapping[str, PyTree]) -> dict[str, jax.Array]:
     names = sorted(grads)
     leaves = [jax.tree.leaves(grads[k]) for k in names]
     finite = jnp.stack([jnp.all(jnp.stack([jnp.isfinite(x).all() for x in ls])) for ls in leaves])
-    clean = [[jnp.where(jnp.isfinite(x), x, 0.0).astype(jnp.float32).ravel() for x in ls] for ls in leaves]
+    clean = [
+        [jnp.where(jnp.isfinite(x), x, 0.0).astype(jnp.float32).ravel() for x in ls]
+        for ls in leaves
+    ]
     flat = jnp.stack([jnp.concatenate(c) for c in clean])  # [K, P]
     gram = flat @ flat.T  # [K, K]
     norm = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
@@ -147,10 +152,18 @@ def format_grad_report(report: Mapping[str, Any]) -> str:
         ok = "✓" if t["value_finite"] and t["grad_finite"] else "✗"
         cos = "".join(f"{t['cosine'][o]:>12.3f}" for o in names)
         lines.append(
-            f"{name:<9}{ok:<4}{t['value']:>11.4g}{t['grad_norm']:>12.4g}{t['grad_max_abs']:>11.4g}  {cos}"
+            f"{name:<9}{ok:<4}{t['value']:>11.4g}{t['grad_norm']:>12.4g}"
+            f"{t['grad_max_abs']:>11.4g}  {cos}"
         )
-    verdict = "all terms finite" if report["all_finite"] else "NON-FINITE term(s): " + ", ".join(
-        n for n in names if not (report["terms"][n]["value_finite"] and report["terms"][n]["grad_finite"])
+    verdict = (
+        "all terms finite"
+        if report["all_finite"]
+        else "NON-FINITE term(s): "
+        + ", ".join(
+            n
+            for n in names
+            if not (report["terms"][n]["value_finite"] and report["terms"][n]["grad_finite"])
+        )
     )
     lines.append(verdict)
     return "\n".join(lines)
@@ -183,6 +196,7 @@ def diagnose(
     compile_fn(jitted, *args, **kwargs) → compiled, if given, compiles each program before
     it runs (`jdet.distributed.compile_synchronized` in multi-process runs).
     """
+
     def run(fn, *fn_args, **kwargs):
         if compile_fn is None:
             return fn(*fn_args, params, *args, **kwargs)

@@ -1,12 +1,21 @@
-"""The challenge's submission format (REFERENCE.md §1): read, validate and write.
+"""The challenge's format (docs/original.md §1): submissions and annotations, read, validated,
+written, and made from a model's per-frame detections.
 
     [{"video_id": "Backpack_0",
       "detections": [{"bboxes": [{"frame": 370, "x1": 420, "y1": 311, "x2": 468, "y2": 356}]}]},
      {"video_id": "Person_3", "detections": []}]
 
-In memory a submission is `Tracks = dict[video_id, dict[frame, (x1, y1, x2, y2)]]`: at most one
-box per frame (the challenge scores one box per frame), every video present (an empty dict when
-nothing was found). Coordinates are absolute pixels of the video frame.
+The types, one per concept (coordinates are absolute pixels of the video frame):
+
+- `Box`: (x1, y1, x2, y2);
+- `Tracks = dict[video_id, dict[frame, Box]]`: a submission or the ground truth, at most one
+  box per frame (the challenge scores one box per frame), every video present (an empty dict
+  when nothing was found);
+- `FrameDetections = dict[frame, ndarray [n, 5]]`: a model's scored boxes on one video's frames
+  (x1, y1, x2, y2, score; n may be 0); `Detections = dict[video_id, FrameDetections]`.
+
+`submission_from_detections` keeps one box per frame; `load_ground_truth` reads the ground
+truth of a file or of a challenge-layout folder.
 """
 
 from __future__ import annotations
@@ -15,11 +24,18 @@ import json
 import math
 import os
 import pathlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 Box = tuple[float, float, float, float]
 Tracks = dict[str, dict[int, Box]]
+FrameDetections = dict[int, np.ndarray]
+Detections = dict[str, FrameDetections]
+
+ANNOTATIONS_FILE = pathlib.Path("annotations") / "annotations.json"
+SAMPLES_DIR = "samples"
 
 
 class SubmissionError(ValueError):
@@ -141,3 +157,74 @@ def read_submission(path: str | os.PathLike) -> Tracks:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SubmissionError(path, f"not valid JSON ({err})") from None
     return parse_submission(data, path)
+
+
+def load_ground_truth(
+    annotations: str | os.PathLike | None = None, samples: str | os.PathLike | None = None
+) -> Tracks:
+    """Ground-truth Tracks from an annotations.json or from a challenge-layout split folder.
+
+    annotations: the file itself. samples: a split ROOT; reads ROOT/annotations/annotations.json
+    and adds every ROOT/samples/<video_id>/ folder without an entry as a video with no boxes
+    (a negative video). Errors are SubmissionError naming the file and field. Boxes are taken
+    as written (not clipped).
+    """
+    if (annotations is None) == (samples is None):
+        raise ValueError("give exactly one of annotations and samples")
+    if annotations is not None:
+        return read_submission(annotations)
+    root = pathlib.Path(samples)
+    gt = read_submission(root / ANNOTATIONS_FILE)
+    folders = root / SAMPLES_DIR
+    if folders.is_dir():
+        for folder in sorted(folders.iterdir()):
+            if folder.is_dir() and not folder.name.startswith("."):
+                gt.setdefault(folder.name, {})
+    return gt
+
+
+# ---------------------------------------------------------------------------- detections
+
+
+def names(ids: Sequence[str], limit: int = 5) -> str:
+    """'a', 'b', 'c' and 2 more: video ids for messages."""
+    shown = ", ".join(repr(v) for v in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def check_detections(video_id: str, frame: int, dets: Any) -> np.ndarray:
+    """Validate one frame's detections → [n, 5] f64 array; ValueError naming video and frame."""
+    arr = np.asarray(dets, np.float64)
+    if arr.size == 0:
+        return arr.reshape(0, 5)
+    if arr.ndim != 2 or arr.shape[1] != 5:
+        raise ValueError(
+            f"video {video_id!r} frame {frame}: detections must be [n, 5] "
+            f"(x1, y1, x2, y2, score), got shape {arr.shape}"
+        )
+    if not np.isfinite(arr).all():
+        raise ValueError(f"video {video_id!r} frame {frame}: non-finite detection values")
+    if (arr[:, 2] < arr[:, 0]).any() or (arr[:, 3] < arr[:, 1]).any():
+        raise ValueError(f"video {video_id!r} frame {frame}: detection with x2 < x1 or y2 < y1")
+    return arr
+
+
+def submission_from_detections(
+    detections: Mapping[str, Mapping[int, Any]], conf_threshold: float = 0.25
+) -> Tracks:
+    """Per frame the highest-score box with score ≥ conf_threshold (one box per frame).
+
+    detections: `Detections`. Frames with no box above the threshold are left out; every video
+    stays (an empty dict when nothing passes). Ties keep the first row.
+    """
+    tracks: Tracks = {}
+    for video_id, per_frame in detections.items():
+        boxes: dict[int, Box] = {}
+        for frame in sorted(per_frame):
+            dets = check_detections(video_id, frame, per_frame[frame])
+            keep = dets[dets[:, 4] >= conf_threshold]
+            if len(keep):
+                best = keep[int(np.argmax(keep[:, 4]))]
+                boxes[int(frame)] = (float(best[0]), float(best[1]), float(best[2]), float(best[3]))
+        tracks[video_id] = boxes
+    return tracks

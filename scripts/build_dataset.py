@@ -20,7 +20,7 @@ import pathlib
 import sys
 import time
 
-from jdet.data import tfds_builder
+from jdet.data import tfds_builder, tfds_source
 from jdet.data.report import DatasetError
 
 
@@ -77,18 +77,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     seconds = time.perf_counter() - start
     print(result.report.format())
-    frames = sum(result.num_examples[tfds_builder.FRAMES].values())
+    frames = sum(result.num_examples[tfds_source.FRAMES].values())
     print(
-        f"\n{'reused' if result.reused else 'built'} {tfds_builder.NAME} "
+        f"\n{'reused' if result.reused else 'built'} {tfds_source.NAME} "
         f"v{tfds_builder.ZaloRefDet.VERSION} in {args.data_dir} ({seconds:.1f} s"
         + ("" if result.reused else f", {frames / seconds:.0f} frames/s")
         + ")"
     )
-    print("| config | " + " | ".join(tfds_builder.SPLITS) + " | size |")
-    print("|---|" + "---:|" * (len(tfds_builder.SPLITS) + 1))
+    print("| config | " + " | ".join(tfds_source.SPLITS) + " | size |")
+    print("|---|" + "---:|" * (len(tfds_source.SPLITS) + 1))
     for config, splits in result.num_examples.items():
-        size = _size_on_disk(tfds_builder.dataset_path(args.data_dir, config)) / 2**20
-        counts = " | ".join(str(splits.get(s, 0)) for s in tfds_builder.SPLITS)
+        size = _size_on_disk(tfds_source.dataset_path(args.data_dir, config)) / 2**20
+        counts = " | ".join(str(splits.get(s, 0)) for s in tfds_source.SPLITS)
         print(f"| {config} | {counts} | {size:.1f} MiB |")
     return 0
 

@@ -27,9 +27,28 @@ def _report(name: str, ours: np.ndarray, ref: np.ndarray, tol: float) -> bool:
     diff = np.abs(ours - ref)
     scale = max(float(np.abs(ref).max()), 1e-12)
     ok = float(diff.max()) <= tol * scale
-    print(f"{name:<14} max|Δ| {diff.max():.3e}  max|Δ|/max|ref| {diff.max() / scale:.3e}  "
-          f"{'ok' if ok else 'FAIL'}")
+    print(
+        f"{name:<14} max|Δ| {diff.max():.3e}  max|Δ|/max|ref| {diff.max() / scale:.3e}  "
+        f"{'ok' if ok else 'FAIL'}"
+    )
     return ok
+
+
+def _import_transformers():
+    """transformers, hiding a torchvision wheel that fails to import against this torch
+    ("operator torchvision::nms does not exist"): transformers only needs it for image
+    processors. (The same workaround as the fixture generator
+    tests/fixtures/generate/parity_vit.py; this user tool, run by path, imports nothing
+    outside jdet.)"""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "unusable"
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]
+        sys.modules["torchvision"] = None  # find_spec → None: transformers sees it as absent
+    import transformers
+
+    return transformers
 
 
 def check_yolo(args) -> bool:
@@ -45,7 +64,11 @@ def check_yolo(args) -> bool:
     scale, nc = model.yaml["scale"], int(model.yaml["nc"])
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     variables = yolo_from_torch(state, scale, nc)
-    x = np.random.default_rng(0).uniform(0, 1, (args.batch, args.image, args.image, 3)).astype(np.float32)
+    x = (
+        np.random.default_rng(0)
+        .uniform(0, 1, (args.batch, args.image, args.image, 3))
+        .astype(np.float32)
+    )
     with torch.no_grad():
         _, raw = model(torch.from_numpy(x).permute(0, 3, 1, 2))
     ours = YOLOv8(scale, nc).apply(variables, jnp.asarray(x))
@@ -58,7 +81,6 @@ def check_yolo(args) -> bool:
 def check_vit(args, kind: str) -> bool:
     import jax.numpy as jnp
     import torch
-    from parity_vit import _import_transformers  # hides a broken torchvision wheel
 
     _import_transformers()
     from transformers import AutoModel
@@ -74,9 +96,15 @@ def check_vit(args, kind: str) -> bool:
     params = fn(weights, args.variant)
     variant = args.variant or ("dinov2-S/14" if kind == "dinov2" else "dinov3-S/16")
     model = AutoModel.from_pretrained(folder, local_files_only=True).float().eval()
-    x = np.random.default_rng(0).normal(0, 1, (args.batch, args.image, args.image, 3)).astype(np.float32)
+    x = (
+        np.random.default_rng(0)
+        .normal(0, 1, (args.batch, args.image, args.image, 3))
+        .astype(np.float32)
+    )
     with torch.no_grad():
-        hidden = model(pixel_values=torch.from_numpy(x).permute(0, 3, 1, 2)).last_hidden_state.numpy()
+        hidden = model(
+            pixel_values=torch.from_numpy(x).permute(0, 3, 1, 2)
+        ).last_hidden_state.numpy()
     ours = ViT(variant).apply({"params": params}, jnp.asarray(x))
     num_prefix = hidden.shape[1] - ours["patch"].shape[1]
     ok = _report("cls", ours["cls"], hidden[:, 0], args.tol)

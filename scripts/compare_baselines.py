@@ -4,35 +4,31 @@
 
 ROOT defaults to the run's validation videos (`jdet.data.prepare.eval_samples`: for the quickstart,
 synthetic videos from a seed stream never used for training). Rows: the run's best weights
-(`jdet.predict`) at the config's confidence threshold and at one tuned on separate synthetic
-videos (as the template baseline's threshold was), `scripts/baseline_template.py`
+(`jdet.inference`) at the config's confidence threshold and at one tuned on separate synthetic
+videos (as the template baseline's threshold was), `jdet.baselines.template`
 (multi-scale template matching with its defaults), a full-frame box on every frame, and no
 boxes. All are written as challenge submissions under WORKDIR/compare/ and scored by
-`jdet.evaluate`: ST-IoU (the challenge's metric) and mAP50 (baselines have no scores: every
+`jdet.evaluation`: ST-IoU (the challenge's metric) and mAP50 (baselines have no scores: every
 box counts with score 1). Prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
-import sys
 import time
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _baseline_module():
-    spec = importlib.util.spec_from_file_location(
-        "baseline_template", ROOT / "scripts" / "baseline_template.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from jdet.baselines import template as baseline
+from jdet.checkpoint import load_run
+from jdet.config import predict_options
+from jdet.data.prepare import VAL_SEED_OFFSET, ensure_synthetic, eval_samples
+from jdet.evaluation.coco import coco_map
+from jdet.evaluation.run import evaluate_records, write_report
+from jdet.evaluation.st_iou import st_iou, tune_conf_threshold
+from jdet.inference.predictor import Predictor, load_samples
+from jdet.submission import read_submission, submission_from_detections
 
 
 def _as_detections(tracks):
@@ -43,11 +39,6 @@ def _as_detections(tracks):
 
 
 def main(argv=None) -> int:
-    sys.path.insert(0, str(ROOT))
-    from jdet import eval_run, evaluate
-    from jdet.data.prepare import VAL_SEED_OFFSET, ensure_synthetic, eval_samples
-    from jdet.predict import PredictOptions, Predictor, load_run, load_samples
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=pathlib.Path, required=True)
     parser.add_argument("--samples", type=pathlib.Path, default=None)
@@ -64,12 +55,11 @@ def main(argv=None) -> int:
     rows = []
 
     e = config.eval
-    options = PredictOptions.from_eval_config(e)
-    predictor = Predictor.from_checkpoint(args.workdir, options)
+    predictor = Predictor.from_checkpoint(args.workdir, predict_options(config))
     step = predictor.description.split("(step ")[-1].split(",")[0]
     name = f"jdet (best weights, step {step})" if "(step " in predictor.description else "jdet"
-    result = eval_run.evaluate_records(predictor, records, conf_threshold=e.conf_threshold)
-    eval_run.write_report(out / "jdet", result, records)
+    result = evaluate_records(predictor, records, conf_threshold=e.conf_threshold)
+    write_report(out / "jdet", result, records)
     frames_run = sum(len(d) for d in result.detections.values())
     fps = frames_run / result.seconds
     rows.append(
@@ -87,9 +77,9 @@ def main(argv=None) -> int:
         tune_dir = out / "tune_videos"
         ensure_synthetic(tune_dir, config.seed + 2 * VAL_SEED_OFFSET, options)
         tune_records = load_samples(tune_dir)
-        tuned = eval_run.evaluate_records(predictor, tune_records, progress=False)
-        conf, tune_st = evaluate.tune_conf_threshold(tuned.gt, tuned.detections)
-        mean, _ = evaluate.st_iou(gt, evaluate.submission_from_detections(result.detections, conf))
+        tuned = evaluate_records(predictor, tune_records, progress=False)
+        conf, tune_st = tune_conf_threshold(tuned.gt, tuned.detections)
+        mean, _ = st_iou(gt, submission_from_detections(result.detections, conf))
         rows.append(
             (
                 f"{name}, conf {conf} (tuned: {tune_st:.3f} on {len(tune_records)} other videos)",
@@ -99,16 +89,15 @@ def main(argv=None) -> int:
             )
         )
 
-    baseline = _baseline_module()
     for method in ("template", "full-frame", "empty"):
         path = out / f"{method}.json"
         start = time.perf_counter()
         if baseline.main(["--samples", str(samples), "--out", str(path), "--method", method]):
             return 2
         seconds = time.perf_counter() - start
-        tracks = evaluate.read_submission(path)
-        mean, _ = evaluate.st_iou(gt, tracks)
-        coco = evaluate.coco_map(gt, _as_detections(tracks), frames)
+        tracks = read_submission(path)
+        mean, _ = st_iou(gt, tracks)
+        coco = coco_map(gt, _as_detections(tracks), frames)
         total = sum(r.num_frames for r in records)
         rows.append((method, mean, coco["mAP50"], total / seconds))
 

@@ -3,8 +3,10 @@
     # ultralytics YOLOv8 checkpoint (needs the `convert` extra: torch + ultralytics)
     python3 scripts/convert_weights.py yolov8n.pt --out weights/yolov8n
     # Hugging Face DINOv2 / DINOv3 (only safetensors + numpy; no torch)
-    python3 scripts/convert_weights.py dinov2-small/model.safetensors --kind dinov2 --out weights/dinov2_s14
-    python3 scripts/convert_weights.py dinov3-vits16/model.safetensors --kind dinov3 --out weights/dinov3_s16
+    python3 scripts/convert_weights.py dinov2-small/model.safetensors --kind dinov2 \\
+        --out weights/dinov2_s14
+    python3 scripts/convert_weights.py dinov3-vits16/model.safetensors --kind dinov3 \\
+        --out weights/dinov3_s16
 
 The output folder holds an orbax pytree (`variables/`) and `jdet_meta.json` (kind, scale,
 classes, source file, parameter counts). Any tensor that does not map onto the jdet module,
@@ -42,8 +44,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("source", type=pathlib.Path, help="yolov8*.pt or model.safetensors")
     ap.add_argument("--out", type=pathlib.Path, required=True, help="new output folder")
-    ap.add_argument("--kind", choices=["yolo", "dinov2", "dinov3"], default=None,
-                    help="default: yolo for .pt, required for .safetensors")
+    ap.add_argument(
+        "--kind",
+        choices=["yolo", "dinov2", "dinov3"],
+        default=None,
+        help="default: yolo for .pt, required for .safetensors",
+    )
     ap.add_argument("--scale", default=None, help="YOLOv8 scale (default: from the checkpoint)")
     ap.add_argument("--variant", default=None, help="ViT variant (default: inferred)")
     args = ap.parse_args(argv)
@@ -64,14 +70,20 @@ def main(argv=None) -> int:
             state, scale, nc = _load_ultralytics(src)
             scale = args.scale or scale
             variables = convert.yolo_from_torch(state, scale, nc)
-            meta = dict(kind="yolo", scale=scale, num_classes=nc)
+            meta = {"kind": "yolo", "scale": scale, "num_classes": nc}
         else:
             from jdet.models import convert_hf
 
-            fn = convert.dinov2_from_safetensors if kind == "dinov2" else convert.dinov3_from_safetensors
+            fn = (
+                convert.dinov2_from_safetensors
+                if kind == "dinov2"
+                else convert.dinov3_from_safetensors
+            )
             variables = {"params": fn(src, args.variant)}
-            variant = args.variant or convert_hf.infer_variant(convert_hf.load_safetensors(src), kind)
-            meta = dict(kind=kind, variant=variant)
+            variant = args.variant or convert_hf.infer_variant(
+                convert_hf.load_safetensors(src), kind
+            )
+            meta = {"kind": kind, "variant": variant}
     except ValueError as e:
         print(f"error: {src}: {e}", file=sys.stderr)
         return 1

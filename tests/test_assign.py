@@ -4,7 +4,7 @@ import numpy as np
 
 from jdet.assign import center_assign, points_in_boxes, task_aligned_assign
 from jdet.boxes import make_anchors
-from tests.head_fixtures import FEAT_HW, STRIDES, simple_batch
+from tests.helpers import FEAT_HW, STRIDES, simple_batch
 
 
 def _anchors_px():
@@ -30,7 +30,9 @@ def test_tal_basic_properties():
     anchors = _anchors_px()
     batch = simple_batch()
     scores, pred = _perfect_preds(anchors, batch)
-    out = task_aligned_assign(scores, pred, anchors, batch["labels"], batch["boxes"], batch["box_mask"])
+    out = task_aligned_assign(
+        scores, pred, anchors, batch["labels"], batch["boxes"], batch["box_mask"]
+    )
     a = anchors.shape[0]
     assert out.labels.shape == (2, a) and out.scores.shape == (2, a, 3)
     fg = np.asarray(out.fg_mask)
@@ -51,7 +53,9 @@ def test_tal_basic_properties():
     assert (sc[~fg] == 0).all()
     assert (np.count_nonzero(sc[fg], axis=-1) <= 1).all()
     assert sc.max() <= 1.0 + 1e-6
-    np.testing.assert_array_equal(np.argmax(sc[fg], -1)[sc[fg].max(-1) > 0], np.asarray(out.labels)[fg][sc[fg].max(-1) > 0])
+    np.testing.assert_array_equal(
+        np.argmax(sc[fg], -1)[sc[fg].max(-1) > 0], np.asarray(out.labels)[fg][sc[fg].max(-1) > 0]
+    )
 
 
 def test_tal_no_gt_and_all_padding():
@@ -59,7 +63,9 @@ def test_tal_no_gt_and_all_padding():
     batch = simple_batch()
     batch["box_mask"] = jnp.zeros_like(batch["box_mask"])
     scores, pred = _perfect_preds(anchors, batch)
-    out = task_aligned_assign(scores, pred, anchors, batch["labels"], batch["boxes"], batch["box_mask"])
+    out = task_aligned_assign(
+        scores, pred, anchors, batch["labels"], batch["boxes"], batch["box_mask"]
+    )
     assert not bool(out.fg_mask.any())
     assert float(out.scores.sum()) == 0.0
 
@@ -68,8 +74,12 @@ def test_tal_padded_gt_content_has_no_effect():
     anchors = _anchors_px()
     batch = simple_batch()
     scores, pred = _perfect_preds(anchors, batch)
-    ref = task_aligned_assign(scores, pred, anchors, batch["labels"], batch["boxes"], batch["box_mask"])
-    junk_boxes = jnp.where(batch["box_mask"][..., None], batch["boxes"], jnp.array([1.0, 1.0, 63.0, 63.0]))
+    ref = task_aligned_assign(
+        scores, pred, anchors, batch["labels"], batch["boxes"], batch["box_mask"]
+    )
+    junk_boxes = jnp.where(
+        batch["box_mask"][..., None], batch["boxes"], jnp.array([1.0, 1.0, 63.0, 63.0])
+    )
     junk_labels = jnp.where(batch["box_mask"], batch["labels"], 99)
     out = task_aligned_assign(scores, pred, anchors, junk_labels, junk_boxes, batch["box_mask"])
     np.testing.assert_array_equal(out.fg_mask, ref.fg_mask)
@@ -83,7 +93,9 @@ def test_tal_conflict_goes_to_highest_iou():
     gts = jnp.array([[[0.0, 0.0, 30.0, 30.0], [4.0, 4.0, 20.0, 20.0]]])
     pred = jnp.array([[[4.0, 4.0, 20.0, 20.0], [30.0, 30.0, 50.0, 50.0]]])
     scores = jnp.full((1, 2, 2), 0.5)
-    out = task_aligned_assign(scores, pred, anchors, jnp.array([[0, 1]]), gts, jnp.array([[True, True]]))
+    out = task_aligned_assign(
+        scores, pred, anchors, jnp.array([[0, 1]]), gts, jnp.array([[True, True]])
+    )
     assert bool(out.fg_mask[0, 0]) and int(out.gt_index[0, 0]) == 1 and int(out.labels[0, 0]) == 1
     assert not bool(out.fg_mask[0, 1])
 
@@ -115,7 +127,9 @@ def test_center_assign_rules():
     assert (fg | ~inside).all() and fg[inside].all()
     np.testing.assert_allclose(np.asarray(out.scores)[fg].sum(-1), 1.0)
     # Overlap of GT 0 and GT 1 goes to the smaller one (GT 0: 32×32 < GT 1: 40×26? no: 1024 < 1040).
-    a_idx = np.nonzero(np.asarray((points_in_boxes(anchors, boxes)[0, 0] & points_in_boxes(anchors, boxes)[0, 1])))[0]
+    a_idx = np.nonzero(
+        np.asarray((points_in_boxes(anchors, boxes)[0, 0] & points_in_boxes(anchors, boxes)[0, 1]))
+    )[0]
     assert len(a_idx) > 0 and (gi[0, a_idx] == 0).all()
 
 
@@ -125,5 +139,7 @@ def test_tal_ignores_padded_ways_via_scores():
     batch = simple_batch()
     scores, pred = _perfect_preds(anchors, batch)
     scores = scores.at[..., 2].set(0.0)
-    out = task_aligned_assign(scores, pred, anchors, batch["labels"], batch["boxes"], batch["box_mask"])
+    out = task_aligned_assign(
+        scores, pred, anchors, batch["labels"], batch["boxes"], batch["box_mask"]
+    )
     assert np.isfinite(np.asarray(out.scores)).all()

@@ -1,8 +1,7 @@
-"""scripts/baseline_template.py: the training-free baselines (template, full-frame, empty)."""
+"""jdet.baselines.template: the training-free baselines (template, full-frame, empty)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -13,24 +12,13 @@ import pytest
 
 pytest.importorskip("cv2")
 
+from jdet.baselines import template as bt
 from jdet.data.synthetic import generate
 from jdet.data.zalo import load_reference
-from jdet.evaluate import box_iou
+from jdet.evaluation.st_iou import box_iou
 from jdet.submission import read_submission
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "baseline_template.py"
 WIDTH, HEIGHT, FRAMES = 160, 96, 20  # the generator's minimum is 20 frames
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("baseline_template", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-bt = _load_script()
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +99,15 @@ def test_crop_reference_finds_the_object_on_a_plain_background():
 def test_missing_samples_folder_exits_2_naming_the_path(tmp_path):
     missing = tmp_path / "nowhere"
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--samples", str(missing), "--out", str(tmp_path / "s.json")],
+        [
+            sys.executable,
+            "-m",
+            "jdet.baselines.template",
+            "--samples",
+            str(missing),
+            "--out",
+            str(tmp_path / "s.json"),
+        ],
         check=False,
         capture_output=True,
         text=True,

@@ -1,35 +1,34 @@
-"""scripts/bench.py all (scripts/bench_all.py, bench_peak.py): the pieces, in seconds.
+"""`python -m benchmarks all` (benchmarks/suite.py, peak.py, flops.py): the pieces, in seconds.
 
-The end-to-end `scripts/bench.py all --quick` compiles several train steps (minutes on this
+The end-to-end `python -m benchmarks all --quick` compiles several train steps (minutes on this
 CPU), so it stays out of the suite; here: the peak kernels at tiny sizes, XLA's FLOP count,
-every child's command line against its parser, and the table from a synthetic result.
+every child's command line against its parser, the one timer, the ultralytics loss items of
+both ultralytics lines, the command line, and the table from a synthetic result.
 """
 
 import argparse
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
-
-import bench_all
-import bench_peak
+from benchmarks import flops, peak, steps, suite, timing, torch_side
+from benchmarks.__main__ import COMMANDS, MEASURES
 
 
-def _args(module, argv=()):
+def _args(add_arguments, argv=()):
     parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
+    add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
 def test_peak_tiny_kernels_positive():
-    result = bench_peak.measure_peak(_args(bench_peak, ["--quick", "--repeats", "1"]))
+    result = peak.measure_peak(_args(peak.add_arguments, ["--quick", "--repeats", "1"]))
     names = [k["name"] for k in result["kernels"]]
     assert any(n.startswith("matmul") for n in names) and any(n.startswith("conv") for n in names)
     assert all(k["gflops"] > 0 and k["median_s"] > 0 for k in result["kernels"])
+    assert all(k["gflops_best"] >= k["gflops"] for k in result["kernels"])
     assert result["peak_gflops"] == max(k["gflops"] for k in result["kernels"])
 
 
@@ -37,17 +36,54 @@ def test_xla_flops_of_a_matmul():
     a = jnp.ones((64, 32))
     lowered = jax.jit(jnp.matmul).lower(a, a.T)
     for stage in (lowered, lowered.compile()):
-        assert bench_all._xla_flops(stage) == pytest.approx(2 * 64 * 32 * 64, rel=0.1)
+        assert flops.xla_flops(stage) == pytest.approx(2 * 64 * 32 * 64, rel=0.1)
 
 
 @pytest.mark.parametrize("quick", [False, True])
 def test_every_child_parses_its_command_line(quick):
-    argvs = bench_all._argvs(_args(bench_all, ["--quick"] if quick else []))
-    assert set(argvs) == set(bench_all.CHILDREN) | {"train"}
-    for kind, (add_arguments, _) in bench_all.CHILDREN.items():
-        parser = argparse.ArgumentParser()
-        bench_all._resolve(add_arguments)(parser)
-        parser.parse_args(argvs[kind])  # exits on an unknown option
+    argvs = suite.argvs(_args(suite.add_arguments, ["--quick"] if quick else []))
+    assert set(argvs) == set(suite.CHILDREN) | {"train"}
+    assert set(MEASURES) == set(argvs)  # every child kind has a measure function
+    for kind, argv in argvs.items():
+        suite.child_args(kind, argv)  # exits on an unknown option
+
+
+def test_every_command_parses_its_defaults():
+    assert {"all", "losses", "train", "infer", "data", "peak", "profile"} <= set(COMMANDS)
+    for name, (_, add_arguments, _) in COMMANDS.items():
+        _args(add_arguments, ["parts"] if name == "profile" else [])
+
+
+def test_timer_interleaves_and_keeps_the_last_result():
+    calls = []
+    timings = timing.time_calls(
+        {"a": lambda: calls.append("a") or len(calls), "b": lambda: calls.append("b")},
+        2,
+        sync=None,
+    )
+    assert calls == ["a", "b", "a", "b", "a", "b"]  # warm-up round, then 2 interleaved rounds
+    assert timings["a"].last == 5 and len(timings["a"].times) == 2
+    assert timings["b"].first_s is not None and timings["b"].best_s <= timings["b"].median_s
+    single = timing.time_call(lambda: jnp.ones(3), 0)
+    assert single.times == () and single.first_s > 0 and single.last.shape == (3,)
+
+
+def test_step_builder_layer_variants():
+    impl = steps.layer_impl("xla", "fast-maxpool-s2grad")
+    assert (impl.conv, impl.fast, impl.fast_off) == ("xla", True, ("maxpool", "s2grad"))
+    assert not steps.layer_impl(None, "plain").fast
+    for bad in ("slow", "plain-maxpool"):
+        with pytest.raises(ValueError):
+            steps.layer_impl(None, bad)
+    with pytest.raises(ValueError):
+        steps.build_train_step("resnet")
+
+
+def test_ultralytics_loss_items_tensor_or_dict():
+    # ultralytics ≤ 8.3: loss.detach() ([box, cls, dfl]); 8.4: a dict of named loss items
+    assert torch_side.loss_items_total(np.array([1.0, 2.0, 0.5])) == 3.5
+    items = {"box": np.array(1.0), "cls": np.array([2.0]), "dfl": 0.5}
+    assert torch_side.loss_items_total(items) == 3.5
 
 
 def _train(step_s, **extra):
@@ -108,7 +144,7 @@ def _table(text):
 
 
 def test_table_has_every_row_with_positive_numbers():
-    text = bench_all.format_table(_results())
+    text = suite.format_table(_results())
     rows = _table(text)
     expected = [
         "train step, jdet YOLOv8n (images/s)",
@@ -139,7 +175,7 @@ def test_table_has_every_row_with_positive_numbers():
 def test_table_reports_skipped_and_failed_rows():
     results = _results(skipped={"torch": "--no-torch"}, losses={"error": "exit 1: boom"})
     del results["train"]["torch"]
-    rows = _table(bench_all.format_table(results))
+    rows = _table(suite.format_table(results))
     assert rows["train step, ultralytics YOLOv8n (images/s)"] == "skipped"
     assert rows["per_term_grads ÷ one backward"] == "failed"
     assert "achieved, ultralytics YOLOv8n step, nominal FLOPs² (GFLOP/s)" not in rows

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jdet import boxes as B
-from tests.head_fixtures import all_finite
+from tests.helpers import all_finite
 
 
 def test_conversions_roundtrip():
@@ -109,5 +109,8 @@ def test_iou_jit_equals_eager():
     b2 = b1[::-1] + 1.0
     for kind in ["iou", "giou", "diou", "ciou"]:
         np.testing.assert_allclose(
-            jax.jit(B.bbox_iou, static_argnums=2)(b1, b2, kind), B.bbox_iou(b1, b2, kind), rtol=1e-6, atol=1e-7
+            jax.jit(B.bbox_iou, static_argnums=2)(b1, b2, kind),
+            B.bbox_iou(b1, b2, kind),
+            rtol=1e-6,
+            atol=1e-7,
         )

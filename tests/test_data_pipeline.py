@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from jdet.data import tfds_builder as tb
+from jdet.data import tfds_source as ts
 from jdet.data.episodes import EpisodeConfig
 from jdet.data.loader import EpisodeLoader
 from jdet.data.pipeline import BATCH_KEYS, make_dataset, make_iterator
@@ -125,13 +126,13 @@ def test_split_videos_is_deterministic_disjoint_and_covering():
 
 
 def test_build_and_read_back(built):
-    frames_meta = tb.load_metadata(built, tb.FRAMES)
-    refs_meta = tb.load_metadata(built, tb.REFERENCES)
+    frames_meta = ts.load_metadata(built, ts.FRAMES)
+    refs_meta = ts.load_metadata(built, ts.REFERENCES)
     assert frames_meta["build"] == refs_meta["build"]
     assert len(frames_meta["video_ids"]) == 5
     for split in ("train", "val"):
-        frames = tb.load_split(built, split)
-        refs = tb.load_split(built, split, config=tb.REFERENCES)
+        frames = ts.load_split(built, split)
+        refs = ts.load_split(built, split, config=ts.REFERENCES)
         videos = frames_meta["splits"][split]
         assert len(frames) == sum(v["count"] for v in videos)
         for video in videos:  # the metadata index matches the records
@@ -142,7 +143,7 @@ def test_build_and_read_back(built):
                 example = frames[video["start"] + offset]
                 assert example["video_id"].decode() == video["video_id"]
                 assert example["class_id"] == video["class_id"]
-                boxes = tb.example_boxes(example)
+                boxes = ts.example_boxes(example)
                 assert boxes.shape[1] == 4 and boxes.dtype == np.float32
                 assert (len(boxes) > 0) == flags[offset]
                 assert example["image"].shape == (example["height"], example["width"], 3)
@@ -157,13 +158,13 @@ def test_build_and_read_back(built):
 
 def test_build_reuses_same_options_and_refuses_different(built):
     raw = built.parent / "raw"
-    stamp = (tb.dataset_path(built) / "dataset_info.json").stat().st_mtime_ns
+    stamp = (ts.dataset_path(built) / "dataset_info.json").stat().st_mtime_ns
     tb.build_dataset(raw, built, val_fraction=0.2, seed=0)
-    assert (tb.dataset_path(built) / "dataset_info.json").stat().st_mtime_ns == stamp
+    assert (ts.dataset_path(built) / "dataset_info.json").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="overwrite"):
         tb.build_dataset(raw, built, val_fraction=0.2, seed=1)
     with pytest.raises(KeyError, match="no split 'test'"):
-        tb.load_split(built, "test")
+        ts.load_split(built, "test")
 
 
 def test_interrupted_build_is_never_read_as_complete(tmp_path, monkeypatch):
@@ -180,9 +181,9 @@ def test_interrupted_build_is_never_read_as_complete(tmp_path, monkeypatch):
     monkeypatch.setattr(tb.video_io, "iter_frames", crash_midway)
     with pytest.raises(RuntimeError, match="simulated crash"):
         tb.build_dataset(raw, data_dir, val_fraction=0.0)
-    assert not tb.dataset_path(data_dir).exists()
-    with pytest.raises(tb.DatasetNotBuiltError, match="build_dataset.py"):
-        tb.load_split(data_dir, "train")
+    assert not ts.dataset_path(data_dir).exists()
+    with pytest.raises(ts.DatasetNotBuiltError, match="build_dataset.py"):
+        ts.load_split(data_dir, "train")
     monkeypatch.undo()
 
     # A hard kill (no exception handling) leaves the temporary folder behind, never the
@@ -207,13 +208,13 @@ def test_interrupted_build_is_never_read_as_complete(tmp_path, monkeypatch):
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
     )
     assert result.returncode == 9, result.stderr.decode()[-2000:]
-    assert list(tb.dataset_path(data_dir).parent.glob("incomplete.*"))
-    with pytest.raises(tb.DatasetNotBuiltError, match="unfinished builds"):
-        tb.load_split(data_dir, "train")
+    assert list(ts.dataset_path(data_dir).parent.glob("incomplete.*"))
+    with pytest.raises(ts.DatasetNotBuiltError, match="unfinished builds"):
+        ts.load_split(data_dir, "train")
 
     tb.build_dataset(raw, data_dir, val_fraction=0.0)
-    assert len(tb.load_split(data_dir, "train")) == 3 * 8
-    assert "val" not in tb.load_metadata(data_dir)["splits"]
+    assert len(ts.load_split(data_dir, "train")) == 3 * 8
+    assert "val" not in ts.load_metadata(data_dir)["splits"]
 
 
 # ---------------------------------------------------------------------------------------------

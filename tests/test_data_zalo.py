@@ -173,7 +173,7 @@ def test_reference_modes_load_as_rgb(tmp_path, mode):
         image.info["transparency"] = 0
         path = tmp_path / "p.png"
     elif mode == "I;16":
-        image = Image.fromarray((rgb[..., 0].astype(np.uint16) * 257))
+        image = Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)
         path = tmp_path / "i16.png"
     else:
         image = image.convert(mode)
@@ -299,6 +299,90 @@ def test_missing_and_unreadable_references(copy):
     refs.rmdir()
     _, report = _load(copy)
     _one(report.errors, f"samples/{VID}/object_images", "folder missing")
+
+
+def test_gap_in_reference_numbering_names_the_missing_photo(copy):
+    refs = copy / "samples" / VID / zalo.REFERENCES_DIR
+    (refs / "img_2.jpg").unlink()  # img_1.jpg and img_3.jpg are left
+    records, report = _load(copy, check_videos=False)
+    message = _one(report.errors, f"samples/{VID}/object_images/img_2.jpg: missing")
+    assert "at least 3 reference photos" in message and "min_references" in message
+    assert len(report.errors) == 1 and not report.warnings, report.format()
+    # The rest of the video (and the other one) still loads, as with an unreadable photo.
+    assert [p.name for p in records[VID].reference_paths] == ["img_1.jpg", "img_3.jpg"]
+    assert len(records[OTHER].reference_paths) == 3
+    # img_1..img_K must exist for min_references=K: still an error with K=2 ...
+    _, report = _load(copy, check_videos=False, min_references=2)
+    _one(report.errors, f"samples/{VID}/object_images/img_2.jpg: missing")
+    # ... and only a warning about the gap with K=1.
+    records, report = _load(copy, check_videos=False, min_references=1)
+    assert report.ok, report.format()
+    _one(report.warnings, f"samples/{VID}/object_images", "img_2.jpg missing", "gap")
+    with pytest.raises(zalo.DatasetError, match=f"samples/{VID}/object_images/img_2.jpg"):
+        zalo.load_dataset(copy, check_videos=False)[1].raise_if_errors()
+
+
+def test_fewer_references_error_by_default_accepted_with_min_references(copy):
+    refs = copy / "samples" / VID / zalo.REFERENCES_DIR
+    (refs / "img_3.jpg").unlink()
+    records, report = _load(copy, check_videos=False)
+    _one(report.errors, f"samples/{VID}/object_images/img_3.jpg: missing",
+         "found img_1.jpg, img_2.jpg")
+    assert len(report.errors) == 1, report.format()
+    assert len(records[VID].reference_paths) == 2  # still returned, with the error
+    records, report = _load(copy, check_videos=False, min_references=2)
+    assert report.ok and not report.warnings, report.format()
+    assert [p.name for p in records[VID].reference_paths] == ["img_1.jpg", "img_2.jpg"]
+    assert report.num_references == 5
+    (refs / "img_2.jpg").unlink()  # one photo left: K=2 reports img_2.jpg, K=1 accepts it
+    _, report = _load(copy, check_videos=False, min_references=2)
+    _one(report.errors, f"samples/{VID}/object_images/img_2.jpg: missing")
+    assert all("img_3.jpg" not in m for m in report.errors)
+    _, report = _load(copy, check_videos=False, min_references=1)
+    assert report.ok and not report.warnings, report.format()
+    with pytest.raises(ValueError, match="min_references must be an integer >= 1"):
+        zalo.load_dataset(copy, min_references=0)
+
+
+def test_reference_count_with_other_names_and_extensions(copy):
+    refs = copy / "samples" / VID / zalo.REFERENCES_DIR
+    # Another accepted extension fills its number: img_2.png counts as img_2.
+    Image.open(refs / "img_2.jpg").save(refs / "img_2.png")
+    (refs / "img_2.jpg").unlink()
+    _, report = _load(copy, check_videos=False)
+    assert report.ok, report.format()
+    assert all("missing" not in m for m in report.warnings)
+    # Photos not named img_<k> are only counted.
+    for k, name in ((1, "front.jpg"), (2, "side.png"), (3, "top.jpg")):
+        (refs / f"img_{k}{'.png' if k == 2 else '.jpg'}").rename(refs / name)
+    _, report = _load(copy, check_videos=False)
+    assert report.ok, report.format()
+    (refs / "top.jpg").unlink()
+    records, report = _load(copy, check_videos=False)
+    _one(report.errors, f"samples/{VID}/object_images: 2 reference photo(s)",
+         "at least 3", "found front.jpg, side.png")
+    assert len(records[VID].reference_paths) == 2
+    _, report = _load(copy, check_videos=False, min_references=2)
+    assert report.ok, report.format()
+
+
+def test_gap_above_the_required_references_is_a_warning(copy):
+    refs = copy / "samples" / VID / zalo.REFERENCES_DIR
+    shutil.copy(refs / "img_3.jpg", refs / "img_6.jpg")
+    records, report = _load(copy, check_videos=False)
+    assert report.ok, report.format()
+    _one(report.warnings, f"samples/{VID}/object_images: img_4.jpg, img_5.jpg missing", "gap")
+    assert [p.name for p in records[VID].reference_paths][-1] == "img_6.jpg"
+
+
+def test_cli_min_references(copy, capsys):
+    (copy / "samples" / VID / zalo.REFERENCES_DIR / "img_3.jpg").unlink()
+    assert zalo.main(["validate", str(copy), "--no-video-check"]) == 1
+    assert f"samples/{VID}/object_images/img_3.jpg: missing" in capsys.readouterr().out
+    assert zalo.main(["validate", str(copy), "--no-video-check", "--min-references", "2"]) == 0
+    assert "OK" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        zalo.main(["validate", str(copy), "--min-references", "0"])
 
 
 def test_other_photo_modes_and_extensions(copy):

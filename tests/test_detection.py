@@ -9,10 +9,14 @@ import pytest
 
 from jdet.losses import LossConfig, loss_terms, weighted_total
 from jdet.losses.box import WIoUState
-from jdet.losses.debug import checked, checked_loss_terms
-from tests.head_fixtures import all_finite, head_outputs, simple_batch, value_and_grad_outputs
-
-ALL_WEIGHTS = dict(box=7.5, cls=0.5, dfl=0.75, supcon=1.2, cpe=0.6, triplet=0.3)
+from jdet.training.diagnostics import checked
+from tests.helpers import (
+    STAGE2_WEIGHTS,
+    all_finite,
+    head_outputs,
+    simple_batch,
+    value_and_grad_outputs,
+)
 
 
 def test_terms_present_and_finite():
@@ -20,7 +24,9 @@ def test_terms_present_and_finite():
     terms, aux = jax.jit(loss_terms)(out, simple_batch())
     assert set(terms) == {"box", "cls", "dfl", "supcon", "cpe", "triplet"}
     assert all_finite(terms) and int(aux["num_fg"]) > 0
-    terms, _ = loss_terms({k: out[k] for k in ("dist", "cls", "anchors", "strides")}, simple_batch())
+    terms, _ = loss_terms(
+        {k: out[k] for k in ("dist", "cls", "anchors", "strides")}, simple_batch()
+    )
     assert set(terms) == {"box", "cls", "dfl"}
 
 
@@ -46,7 +52,7 @@ def test_no_gt_batch_is_finite_with_zero_box_and_dfl():
     out = head_outputs(jax.random.PRNGKey(1))
     batch = simple_batch()
     batch["box_mask"] = jnp.zeros_like(batch["box_mask"])
-    fn = lambda o: weighted_total(loss_terms(o, batch)[0], ALL_WEIGHTS)  # noqa: E731
+    fn = lambda o: weighted_total(loss_terms(o, batch)[0], STAGE2_WEIGHTS)  # noqa: E731
     val, g = value_and_grad_outputs(fn, out)
     terms, aux = loss_terms(out, batch)
     assert int(aux["num_fg"]) == 0
@@ -69,7 +75,9 @@ def test_padded_boxes_and_ways_have_no_effect():
     got, _ = loss_terms(out_junk, junk)
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-6, err_msg=k)
-    _, g = value_and_grad_outputs(lambda o: weighted_total(loss_terms(o, batch)[0], ALL_WEIGHTS), out)
+    _, g = value_and_grad_outputs(
+        lambda o: weighted_total(loss_terms(o, batch)[0], STAGE2_WEIGHTS), out
+    )
     assert float(jnp.abs(g["cls"][1, :, 2]).max()) == 0.0
     assert float(jnp.abs(g["prototypes"][1, 2]).max()) == 0.0
 
@@ -79,7 +87,9 @@ def test_jit_equals_eager_and_wiou_state_threads():
     batch = simple_batch()
     st = WIoUState(mean=jnp.float32(0.8))
     t_eager, a_eager = loss_terms(out, batch, LossConfig(), st)
-    t_jit, a_jit = jax.jit(loss_terms, static_argnames=("cfg", "train"))(out, batch, LossConfig(), st)
+    t_jit, a_jit = jax.jit(loss_terms, static_argnames=("cfg", "train"))(
+        out, batch, LossConfig(), st
+    )
     for k in t_eager:
         np.testing.assert_allclose(t_jit[k], t_eager[k], rtol=1e-5, err_msg=k)
     assert float(a_jit["wiou_state"].mean) != 0.8
@@ -98,13 +108,22 @@ def test_jit_equals_eager_and_wiou_state_threads():
 )
 def test_configs_give_finite_grads(cfg):
     out = head_outputs(jax.random.PRNGKey(4), scale=30.0)
-    _, g = value_and_grad_outputs(lambda o: weighted_total(loss_terms(o, simple_batch(), cfg)[0], ALL_WEIGHTS), out)
+    _, g = value_and_grad_outputs(
+        lambda o: weighted_total(loss_terms(o, simple_batch(), cfg)[0], STAGE2_WEIGHTS), out
+    )
     assert all_finite(g)
 
 
 def test_bf16_inputs_match_f32():
     out = head_outputs(jax.random.PRNGKey(5))
-    out16 = {k: (v.astype(jnp.bfloat16) if v.dtype == jnp.float32 and k not in ("anchors", "strides") else v) for k, v in out.items()}
+    out16 = {
+        k: (
+            v.astype(jnp.bfloat16)
+            if v.dtype == jnp.float32 and k not in ("anchors", "strides")
+            else v
+        )
+        for k, v in out.items()
+    }
     out32 = {k: v.astype(jnp.float32) if v.dtype == jnp.bfloat16 else v for k, v in out16.items()}
     t16, _ = loss_terms(out16, simple_batch())
     t32, _ = loss_terms(out32, simple_batch())
@@ -128,6 +147,7 @@ def test_loss_config_validation():
 
 
 def test_checked_variant_passes_and_catches_nan():
+    checked_loss_terms = checked(loss_terms, static_argnames=("cfg", "train"))
     out = head_outputs(jax.random.PRNGKey(6))
     terms, _ = checked_loss_terms(out, simple_batch())
     assert all_finite(terms)

@@ -1,4 +1,4 @@
-"""Multi-process data parallelism (jdet.distributed) and device prefetch (jdet.feed).
+"""Multi-process data parallelism (jdet.distributed) and device prefetch (jdet.training.feed).
 
 The end-to-end test launches `python -m jdet.train` as 2 processes × 4 virtual CPU devices
 (Gloo collectives over localhost) and checks that 2 training steps end on the parameters the
@@ -20,8 +20,10 @@ import pytest
 
 from jdet import distributed
 from jdet.distributed import DistributedConfig
-from jdet.feed import DevicePrefetch
-from jdet.metrics import read_jsonl
+from jdet.training.feed import DevicePrefetch
+from jdet.training.run_log import read_jsonl
+
+pytestmark = [pytest.mark.heavy(7), pytest.mark.xdist_group("tiny-run")]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -199,7 +201,6 @@ def _free_port() -> int:
 # entries (jax's compiler module sees process 0); otherwise it is `python -m jdet.train`.
 EVERY_PROCESS_WRITES_CACHE = """
 import sys
-from absl import app
 from jax._src import compiler
 from jdet import train
 
@@ -213,8 +214,7 @@ class AsProcess0:
 compiler.distributed = type(sys)("distributed_as_seen_by_the_compiler")
 compiler.distributed.global_state = AsProcess0()
 sys.argv[0] = "jdet.train"
-train._add_repo_root()
-app.run(train.main)
+sys.exit(train.main())
 """
 
 
@@ -314,9 +314,10 @@ def test_two_processes_of_four_devices_train_like_one_of_eight(tmp_path):
 
 def test_each_process_reads_its_share_of_the_episodes(monkeypatch):
     from configs import tiny
-    from jdet import trainer
+    from jdet.config import episode_config
+    from jdet.training import loop as trainer
 
-    ecfg = trainer.episode_config(tiny.get_config())  # batch 8 = 2 episodes of 2 ways × 2
+    ecfg = episode_config(tiny.get_config())  # batch 8 = 2 episodes of 2 ways × 2
     assert trainer.process_episode_config(ecfg).episodes_per_batch == 2
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     assert trainer.process_episode_config(ecfg).episodes_per_batch == 1
@@ -327,7 +328,8 @@ def test_each_process_reads_its_share_of_the_episodes(monkeypatch):
 
 
 def test_config_validation_covers_the_distributed_section():
-    from configs import common, tiny
+    from configs import tiny
+    from jdet import config as common
 
     config = tiny.get_config()
     config.unlock()

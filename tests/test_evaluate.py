@@ -1,4 +1,4 @@
-"""jdet.evaluate: ST-IoU hand cases, COCO mAP on analytically known cases, the CLI.
+"""jdet.evaluation: ST-IoU hand cases, COCO mAP on analytically known cases; the jdet.evaluate CLI.
 
 COCO AP expectations are computed by hand with COCO's 101-point rule (`_coco_ap101`): precision
 made non-increasing from the right, sampled at recall 0, 0.01, …, 1 (the first detection whose
@@ -15,14 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jdet import evaluate
-from jdet.evaluate import (
-    box_iou,
-    coco_map,
-    per_video_table,
-    st_iou,
-    st_iou_video,
-    submission_from_detections,
-)
+from jdet.evaluation.coco import coco_map
+from jdet.evaluation.st_iou import box_iou, per_video_table, st_iou, st_iou_video
+from jdet.submission import submission_from_detections
 
 BOX = (100.0, 100.0, 140.0, 120.0)  # 40 × 20
 

@@ -1,6 +1,7 @@
-"""The fast layer implementations (jdet.models.layers: fused BatchNorm + SiLU with a hand-written
-gradient, separable max-pool, stride-2 3×3 convolution with a matmul input gradient) against the plain Flax ones, in float32: values, batch statistics
-and gradients agree to ~1e-5 relative, and the variables are the same (names, shapes)."""
+"""The fast layer implementations (jdet.models.fast_layers: fused BatchNorm + SiLU with a
+hand-written gradient, separable max-pool, stride-2 3×3 convolution with a matmul input
+gradient) against the plain Flax ones (`LayerImpl(fast=False)`), in float32: values, batch
+statistics and gradients agree to ~1e-5 relative, and the variables are the same."""
 
 from __future__ import annotations
 
@@ -10,36 +11,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdet.models import layers
-from jdet.models.layers import bn_act_train, layer_impl, max_pool_same
+from jdet.models import fast_layers, layers
+from jdet.models.fast_layers import bn_act_train
+from jdet.models.impl import LayerImpl
+from jdet.models.layers import max_pool_same
 from jdet.models.yolo import YOLOv8
+from tests.helpers import close, rel_err, tree_close
 
-RTOL = 1e-5
+pytestmark = pytest.mark.heavy(2)
 
-
-def close(actual, expected, rtol=RTOL, what=""):
-    """Elementwise |a − e| ≤ rtol·(|e| + max|e|·1e-2): relative, with a floor for near-zeros."""
-    a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert a.shape == e.shape, what
-    scale = np.abs(e) + 1e-2 * np.abs(e).max() + 1e-30
-    err = np.max(np.abs(a - e) / scale)
-    assert err <= rtol, f"{what}: max relative error {err:.2e} > {rtol:.0e}"
+PLAIN = LayerImpl(fast=False)  # Flax's own modules
 
 
-def tree_close(actual, expected, rtol=RTOL, what=""):
-    assert jax.tree.structure(actual) == jax.tree.structure(expected), what
-    for (path, a), e in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected)):
-        close(a, e, rtol, f"{what} {jax.tree_util.keystr(path)}")
-
-
-def test_layer_impl_restores_and_validates():
-    assert layers._IMPL["value"] == "fast"
-    with layer_impl("plain"):
-        assert layers._IMPL["value"] == "plain"
-    assert layers._IMPL["value"] == "fast"
-    with pytest.raises(ValueError):
-        with layer_impl("nope"):
-            pass
+def test_layer_impl_validates_and_names_its_parts():
+    assert LayerImpl().uses("bn_act") and not PLAIN.uses("bn_act")
+    assert not LayerImpl(fast_off=("maxpool",)).uses("maxpool")
+    assert LayerImpl(fast_off=("maxpool",)).uses("s2grad")
+    assert PLAIN.backend() == "xla" and LayerImpl(conv="xla").describe() == "XLA"
+    with pytest.raises(ValueError, match="fast_off"):
+        LayerImpl(fast_off=("nope",))
+    with pytest.raises(ValueError, match="conv backend"):
+        LayerImpl(conv="mkl")
 
 
 @pytest.mark.parametrize("act", [True, False])
@@ -77,23 +69,17 @@ def test_max_pool_same_matches_flax_max_pool():
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 9, 5))
     ct = jax.random.normal(jax.random.PRNGKey(2), x.shape)
 
-    def f(x):
-        return max_pool_same(x, 5)
+    def f(x, impl=LayerImpl()):
+        return max_pool_same(x, 5, impl)
 
-    with layer_impl("plain"):
-        y0 = f(x)
-        g0 = jax.grad(lambda x: jnp.vdot(f(x), ct))(x)
+    y0 = f(x, PLAIN)
+    g0 = jax.grad(lambda x: jnp.vdot(f(x, PLAIN), ct))(x)
     ref = nn.max_pool(x, (5, 5), strides=(1, 1), padding=((2, 2), (2, 2)))
     np.testing.assert_array_equal(y0, ref)
     y1 = f(x)
     g1 = jax.grad(lambda x: jnp.vdot(f(x), ct))(x)
     np.testing.assert_array_equal(y1, y0)  # max is exact
     close(g1, g0, what="max-pool grad")
-
-
-def _rel_err(actual, expected) -> float:
-    a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    return float(np.max(np.abs(a - e) / (np.abs(e) + 1e-2 * np.abs(e).max() + 1e-30)))
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 6, 3, 5), (1, 4, 4, 16, 8), (2, 2, 10, 4, 4)])
@@ -103,8 +89,8 @@ def test_strided_conv_gradients_match_lax(shape):
     x = jax.random.normal(jax.random.key(0), (b, h, w, ci))
     k = jax.random.normal(jax.random.key(1), (3, 3, ci, co))
     dy = jax.random.normal(jax.random.key(2), (b, h // 2, w // 2, co))
-    out, vjp = jax.vjp(layers.conv3x3_s2, x, k)
-    ref_out, ref_vjp = jax.vjp(layers._conv_s2, x, k)
+    out, vjp = jax.vjp(fast_layers.conv3x3_s2, x, k)
+    ref_out, ref_vjp = jax.vjp(fast_layers._conv_s2, x, k)
     close(out, ref_out, what="value")
     for got, want, name in zip(vjp(dy), ref_vjp(dy), ("dx", "dw")):
         close(got, want, what=name)
@@ -114,8 +100,7 @@ def test_strided_conv_gradients_match_lax(shape):
         xs = jnp.ones((1, size, size, ci))
         variables = module.init(jax.random.key(3), xs)
         assert variables["params"]["conv"]["kernel"].shape == (3, 3, ci, co)
-        with layer_impl("plain"):
-            plain = module.init(jax.random.key(3), xs)
+        plain = module.clone(impl=PLAIN).init(jax.random.key(3), xs)
         tree_close(variables, plain, what=f"init at {size}")
 
 
@@ -125,20 +110,19 @@ def test_yolo_fast_matches_plain():
     float32 path's are (through ~60 layers float32 rounding alone reaches ~1e-4 here)."""
     model = YOLOv8("t", num_classes=3)
     images = np.asarray(jax.random.uniform(jax.random.PRNGKey(3), (2, 64, 64, 3)))
-    with layer_impl("plain"):
-        v0 = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(0), images))
+    plain = model.clone(impl=PLAIN)
+    v0 = jax.tree.map(np.asarray, plain.init(jax.random.PRNGKey(0), images))
     v1 = model.init(jax.random.PRNGKey(0), images)
     tree_close(v1, v0, rtol=0, what="init")  # same names, shapes, initial values
-    with layer_impl("plain"):
-        heads = model.apply(v0, images)
+    heads = plain.apply(v0, images)
     cts = [np.asarray(jax.random.normal(jax.random.PRNGKey(10 + i), o.shape))
            for i, o in enumerate(heads)]
 
     def run(impl, train, x64=False):
         dt = jnp.float64 if x64 else jnp.float32
         # the reference computes in float64 throughout (the model's compute dtype too)
-        net = YOLOv8("t", num_classes=3, dtype=dt) if x64 else model
-        with jax.enable_x64(x64), layer_impl(impl):
+        net = YOLOv8("t", num_classes=3, dtype=dt, impl=impl)
+        with jax.enable_x64(x64):
             v = jax.tree.map(lambda a: jnp.asarray(a, dt), v0)
             x = jnp.asarray(images, dt)
 
@@ -152,15 +136,15 @@ def test_yolo_fast_matches_plain():
             return jax.tree.map(np.asarray, (out, stats, grads))
 
     for train in (True, False):
-        o0, s0, g0 = run("plain", train)
-        o1, s1, g1 = run("fast", train)
-        _, _, g64 = run("plain", train, x64=True)
+        o0, s0, g0 = run(PLAIN, train)
+        o1, s1, g1 = run(LayerImpl(), train)
+        _, _, g64 = run(PLAIN, train, x64=True)
         for a, e in zip(o1, o0):
             close(a, e, what=f"outputs train={train}")
         if train:
             tree_close(s1, s0, what="batch_stats")
         leaves = jax.tree_util.tree_leaves_with_path(g64)
-        errs = [(jax.tree_util.keystr(path), _rel_err(gp, ref), _rel_err(gf, ref))
+        errs = [(jax.tree_util.keystr(path), rel_err(gp, ref), rel_err(gf, ref))
                 for (path, ref), gp, gf in zip(leaves, jax.tree.leaves(g0), jax.tree.leaves(g1))]
         worst_plain = max(e for _, e, _ in errs)
         for name, e_plain, e_fast in errs:

@@ -5,16 +5,12 @@ import pytest
 
 from jdet.grads import diagnose, format_grad_report, grad_report, grad_stats, per_term_grads
 from jdet.losses import loss_terms, weighted_total
-from jdet.losses.debug import checked_per_term_grads
-from tests.head_fixtures import head_outputs, simple_batch, split_outputs
-
-WEIGHTS = dict(box=7.5, cls=0.5, dfl=0.75, supcon=1.2, cpe=0.6, triplet=0.3)
+from jdet.training.diagnostics import checked_per_term_grads
+from tests.helpers import STAGE2_WEIGHTS, head_outputs, simple_batch, split_outputs
 
 
 def _terms_fn(params, batch):
     return loss_terms(params, batch)[0]
-
-
 
 
 def test_per_term_grads_match_individual_grads_and_weighted_sum():
@@ -22,12 +18,12 @@ def test_per_term_grads_match_individual_grads_and_weighted_sum():
     batch = simple_batch()
     fn = lambda p, b: _terms_fn({**p, **const}, b)  # noqa: E731
     terms, grads = jax.jit(per_term_grads, static_argnums=0)(fn, params, batch)
-    assert sorted(grads) == sorted(WEIGHTS)
+    assert sorted(grads) == sorted(STAGE2_WEIGHTS)
     for method in ("separate", "scan"):
         _, other = jax.jit(per_term_grads, static_argnums=0, static_argnames="method")(
             fn, params, batch, method=method
         )
-        for name in WEIGHTS:
+        for name in STAGE2_WEIGHTS:
             for a, b in zip(jax.tree.leaves(other[name]), jax.tree.leaves(grads[name])):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=method)
     for name in ("dfl", "supcon"):
@@ -35,9 +31,15 @@ def test_per_term_grads_match_individual_grads_and_weighted_sum():
         for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(grads[name])):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     # Σ w_k ∇term_k == ∇(Σ w_k term_k), ≤ 1e-5 relative (global norm).
-    total_grad = jax.grad(lambda p: weighted_total(fn(p, batch), WEIGHTS))(params)
-    combo = jax.tree.map(lambda *gs: sum(WEIGHTS[n] * g for n, g in zip(sorted(WEIGHTS), gs)), *[grads[n] for n in sorted(WEIGHTS)])
-    diff = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(jax.tree.leaves(combo), jax.tree.leaves(total_grad)))
+    total_grad = jax.grad(lambda p: weighted_total(fn(p, batch), STAGE2_WEIGHTS))(params)
+    combo = jax.tree.map(
+        lambda *gs: sum(STAGE2_WEIGHTS[n] * g for n, g in zip(sorted(STAGE2_WEIGHTS), gs)),
+        *[grads[n] for n in sorted(STAGE2_WEIGHTS)],
+    )
+    diff = sum(
+        float(jnp.sum((a - b) ** 2))
+        for a, b in zip(jax.tree.leaves(combo), jax.tree.leaves(total_grad))
+    )
     norm = sum(float(jnp.sum(b**2)) for b in jax.tree.leaves(total_grad))
     assert diff**0.5 <= 1e-5 * norm**0.5
 
@@ -128,5 +130,5 @@ def test_diagnose_on_detection_terms_all_finite():
     fn = lambda p, b: _terms_fn({**p, **const}, b)  # noqa: E731
     report, grads = diagnose(fn, params, simple_batch())
     assert report["all_finite"] and report["attribution"] == "shared"
-    assert set(report["terms"]) == set(WEIGHTS)
+    assert set(report["terms"]) == set(STAGE2_WEIGHTS)
     assert all(t["grad_norm"] > 0 for t in report["terms"].values())

@@ -9,7 +9,7 @@ import pytest
 
 from jdet import losses as L
 from jdet.losses.box import WIoUState
-from tests.head_fixtures import all_finite
+from tests.helpers import all_finite
 
 E = jnp.eye(4)
 
@@ -25,7 +25,7 @@ def test_dfl_uniform_logits_is_log_r_per_side(num_bins):
 
 
 def test_dfl_half_target_splits_weight_and_gradient_is_softmax_minus_two_hot():
-    # Regression (REFERENCE.md §6.2): integer targets lose the interpolation.
+    # Regression (docs/original.md §7.2): integer targets lose the interpolation.
     logits = jax.random.normal(jax.random.PRNGKey(0), (1, 4, 16))
     target = jnp.array([[3.5, 0.0, 14.99, 7.25]])
     grad = jax.grad(lambda z: L.dfl_loss(z, target).sum())(logits)
@@ -53,7 +53,9 @@ def test_bce_zero_logit_is_ln2_and_extremes():
     t = jnp.array([0.0, 0.3, 1.0])
     np.testing.assert_allclose(L.bce_with_logits(jnp.zeros(3), t), math.log(2), rtol=1e-6)
     big = jnp.array([1e4, -1e4, 1e4])
-    val, g = jax.value_and_grad(lambda x: L.bce_with_logits(x, jnp.array([1.0, 0.0, 0.0])).sum())(big)
+    val, g = jax.value_and_grad(lambda x: L.bce_with_logits(x, jnp.array([1.0, 0.0, 0.0])).sum())(
+        big
+    )
     assert float(val) == pytest.approx(1e4) and all_finite(g)
 
 
@@ -101,9 +103,11 @@ def test_wiou_values_and_state():
 
 
 def test_wiou_perfect_box_v2_finite_gradient():
-    # β = 0 for a perfect box: sqrt(β) must not put ∞·0 in the gradient (LOSSES.md §8.9).
+    # β = 0 for a perfect box: sqrt(β) must not put ∞·0 in the gradient (docs/losses.md §7.9).
     a = jnp.array([[0.0, 0.0, 10.0, 10.0]])
-    g = jax.grad(lambda p: L.wiou_loss(p, a, jnp.array([True]), WIoUState.init(), variant="v2")[0].sum())(a)
+    g = jax.grad(
+        lambda p: L.wiou_loss(p, a, jnp.array([True]), WIoUState.init(), variant="v2")[0].sum()
+    )(a)
     assert all_finite(g)
 
 
@@ -144,14 +148,16 @@ def test_supcon_no_positive_anchor_excluded_vs_reference_mode():
     feats = jnp.stack([E[0], E[0], E[1]])
     labels = jnp.array([0, 0, 1])  # anchor 2 has no positive
     jd = float(L.supcon_loss(feats, labels, temperature=1.0, base_temperature=1.0))
-    ref = float(L.supcon_loss(feats, labels, temperature=1.0, base_temperature=1.0, mode="reference"))
+    ref = float(
+        L.supcon_loss(feats, labels, temperature=1.0, base_temperature=1.0, mode="reference")
+    )
     per = math.log(1 + math.exp(-1))
     assert jd == pytest.approx(per, rel=1e-6)
     assert ref == pytest.approx(2 * per / 3, rel=1e-6)  # the reference dilutes the mean
 
 
 def test_supcon_underflowing_denominator_regression():
-    # REFERENCE.md §6.1: log of a near-zero denominator. Two antipodal same-label features at
+    # docs/original.md §7.1: log of a near-zero denominator. Two antipodal same-label features at
     # τ = 0.01. With the reference's shift by the row max *including self*, the other sample's
     # term is e^{-200}: it underflows to 0 in f32, log(0) = −inf (the original's NaNs), and the
     # seed's clamp gives a finite but wrong 200 + log(1e-6) ≈ 186 with a zero gradient.
@@ -159,7 +165,9 @@ def test_supcon_underflowing_denominator_regression():
     labels = jnp.array([0, 0])
     naive_denominator = jnp.exp(jnp.float32(-200.0))
     assert float(naive_denominator) == 0.0 and not np.isfinite(float(jnp.log(naive_denominator)))
-    val, g = jax.value_and_grad(lambda f: L.supcon_loss(f, labels, temperature=0.01, base_temperature=0.01))(feats)
+    val, g = jax.value_and_grad(
+        lambda f: L.supcon_loss(f, labels, temperature=0.01, base_temperature=0.01)
+    )(feats)
     # The only candidate is the positive: its probability is 1, the exact loss is 0.
     assert float(val) == pytest.approx(0.0, abs=1e-6)
     assert all_finite(g)
@@ -198,7 +206,9 @@ def test_prototype_contrastive_uniform_is_log_k_and_padded_ways():
     pmask = jnp.array([[True, True, False]])
     got = L.prototype_contrastive_loss(q, protos, labels, jnp.array([[True, True]]), pmask)
     assert float(got) == pytest.approx(math.log(2), rel=1e-6)
-    g = jax.grad(lambda p: L.prototype_contrastive_loss(q, p, labels, jnp.array([[True, True]]), pmask))(protos)
+    g = jax.grad(
+        lambda p: L.prototype_contrastive_loss(q, p, labels, jnp.array([[True, True]]), pmask)
+    )(protos)
     assert float(jnp.abs(g[0, 2]).max()) == 0.0
 
 
@@ -258,9 +268,13 @@ def test_batch_hard_closed_form():
 def test_batch_hard_degenerate():
     # All labels equal (no negatives), all distinct (no positives), identical embeddings.
     for labels in [jnp.zeros(4, jnp.int32), jnp.arange(4)]:
-        val, g = jax.value_and_grad(lambda e: L.batch_hard_triplet_loss(e, labels))(jnp.ones((4, 3)))
+        val, g = jax.value_and_grad(lambda e: L.batch_hard_triplet_loss(e, labels))(
+            jnp.ones((4, 3))
+        )
         assert float(val) == 0.0 and all_finite(g)
-    val, g = jax.value_and_grad(lambda e: L.batch_hard_triplet_loss(e, jnp.array([0, 0, 1, 1])))(jnp.zeros((4, 3)))
+    val, g = jax.value_and_grad(lambda e: L.batch_hard_triplet_loss(e, jnp.array([0, 0, 1, 1])))(
+        jnp.zeros((4, 3))
+    )
     assert bool(jnp.isfinite(val)) and all_finite(g)
 
 

@@ -7,6 +7,9 @@ XLA path; the backend choice and its error messages."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -15,11 +18,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jdet.models import fusion, layers
-from jdet.models.onednn_conv import OneDnnConv, conv2d, conv_backend, cpu_conv
+from jdet.models import fusion
+from jdet.models.impl import LayerImpl
+from jdet.models.onednn_conv import OneDnnConv, conv2d, conv_backend
 from jdet.models.yolo import YOLOv8
 from jdet.native import onednn
-from tests.test_fast_path import _rel_err, close, tree_close
+from tests.helpers import close, tree_close
+
+pytestmark = pytest.mark.heavy(1.5)
 
 try:
     onednn.load()
@@ -120,17 +126,18 @@ def test_conv2d_rejects_bad_operands():
 def test_backend_choice(monkeypatch):
     # The test process has 8 (virtual) CPU devices: "auto" keeps XLA's convolutions.
     monkeypatch.delenv("JDET_CPU_CONV", raising=False)
-    assert jax.device_count() > 1 and conv_backend() == "xla"
-    with cpu_conv("xla"):
-        assert conv_backend() == "xla"
+    assert jax.device_count() > 1 and conv_backend() == "xla" == conv_backend("auto")
+    assert conv_backend("xla") == "xla" and LayerImpl(conv="xla").backend() == "xla"
     if _MISSING is None:
-        with cpu_conv("onednn"):
-            assert conv_backend() == "onednn"
+        assert conv_backend("onednn") == "onednn" == LayerImpl(conv="onednn").backend()
+        monkeypatch.setenv("JDET_CPU_CONV", "onednn")  # the environment is the default only
+        assert conv_backend() == "onednn" and conv_backend("xla") == "xla"
+        assert LayerImpl(conv="onednn", fast=False).backend() == "xla"  # Flax's modules
     monkeypatch.setenv("JDET_CPU_CONV", "fast")
     with pytest.raises(ValueError, match="JDET_CPU_CONV must be one of auto, onednn, xla"):
         conv_backend()
-    with pytest.raises(ValueError, match="cpu conv backend"), cpu_conv("mkl"):
-        pass
+    with pytest.raises(ValueError, match="conv backend must be one of"):
+        conv_backend("mkl")
 
 
 def test_unavailable_messages(monkeypatch, tmp_path):
@@ -158,10 +165,21 @@ def test_build_is_cached_and_reports_version(tmp_path, monkeypatch):
     assert ok and "oneDNN 3." in line
 
 
+def _norm_err(actual, expected) -> float:
+    """‖actual − expected‖₂ / ‖expected‖₂ in float64: the error relative to the value scale of
+    the whole array, not of each element."""
+    a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    return float(np.linalg.norm(a - e) / (np.linalg.norm(e) + 1e-300))
+
+
 def _yolo_loss(model, variables, images, cts, train):
     def loss(params):
-        out = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, images,
-                          train=train, mutable=["batch_stats"] if train else False)
+        out = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            images,
+            train=train,
+            mutable=["batch_stats"] if train else False,
+        )
         out, stats = out if train else (out, None)
         return sum(jnp.vdot(o, c) for o, c in zip(out, cts)), (out, stats)
 
@@ -174,65 +192,138 @@ def test_yolo_onednn_matches_xla():
     """Tiny YOLOv8 with every convolution through oneDNN: the same variables; training-mode
     outputs, batch statistics and parameter gradients as close to a float64 run as XLA's own
     float32 convolutions get."""
-    model = YOLOv8("t", num_classes=3)
+    model = YOLOv8("t", num_classes=3, impl=LayerImpl(conv="xla"))
+    onednn_model = model.clone(impl=LayerImpl(conv="onednn"))
     images = jax.random.uniform(jax.random.PRNGKey(3), (3, 64, 64, 3))
-    with cpu_conv("xla"):
-        v0 = model.init(jax.random.PRNGKey(0), images)
-        heads = model.apply(v0, images)
-    with cpu_conv("onednn"):
-        v1 = model.init(jax.random.PRNGKey(0), images)
-        hlo = jax.jit(lambda v, x: model.apply(v, x)).lower(v1, images).as_text()
+    v0 = model.init(jax.random.PRNGKey(0), images)
+    heads = model.apply(v0, images)
+    v1 = onednn_model.init(jax.random.PRNGKey(0), images)
+    hlo = jax.jit(lambda v, x: onednn_model.apply(v, x)).lower(v1, images).as_text()
     assert "jdet_onednn_conv_fwd" in hlo
+    assert "jdet_onednn" not in jax.jit(model.apply).lower(v0, images).as_text()
     tree_close(v1, v0, rtol=0, what="init")
     cts = [jax.random.normal(jax.random.PRNGKey(10 + i), o.shape) for i, o in enumerate(heads)]
     # Training mode (batch statistics, the longer gradient path); eval mode's convolutions are
     # the same ops (test_conv2d_matches_lax).
     for train in (True,):
-        with cpu_conv("xla"):
-            o0, s0, g0 = _yolo_loss(model, v0, images, cts, train)
-        with cpu_conv("onednn"):
-            o1, s1, g1 = _yolo_loss(model, v0, images, cts, train)
-        with jax.enable_x64(True), cpu_conv("xla"), layers.layer_impl("plain"):
+        o0, s0, g0 = _yolo_loss(model, v0, images, cts, train)
+        o1, s1, g1 = _yolo_loss(onednn_model, v0, images, cts, train)
+        with jax.enable_x64(True):
             v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), v0)
-            model64 = YOLOv8("t", num_classes=3, dtype=jnp.float64)
-            o64, s64, g64 = _yolo_loss(model64, v64, jnp.asarray(images, jnp.float64),
-                                       [jnp.asarray(c, jnp.float64) for c in cts], train)
-        # Through ~60 layers with batch statistics, float32 rounding alone reaches ~1e-4 (and
-        # ~1e-3 on some gradients): the oneDNN path must be as close to a float64 run as XLA's
-        # float32 path is.
-        for name, ours, xla, ref in (("outputs", o1, o0, o64), ("batch_stats", s1, s0, s64),
-                                     ("grads", g1, g0, g64)):
+            model64 = YOLOv8("t", num_classes=3, dtype=jnp.float64, impl=LayerImpl(fast=False))
+            o64, s64, g64 = _yolo_loss(
+                model64,
+                v64,
+                jnp.asarray(images, jnp.float64),
+                [jnp.asarray(c, jnp.float64) for c in cts],
+                train,
+            )
+        # Through ~60 layers with batch statistics float32 rounding alone reaches ~1e-5 of each
+        # array's scale (~1e-4 on some gradients): the oneDNN path must be about as close to a
+        # float64 run as XLA's float32 path is.
+        #
+        # Norm-wise per leaf, not element by element: a BatchNorm running mean is (1 − momentum)
+        # times the mean of a convolution's O(1) outputs, and some channels' means nearly cancel
+        # (model_22/cv2_2/1's channel 11: 8.8e-7 against 9.8e-3 for the largest). Summing O(1)
+        # values leaves the same ~1e-7 absolute rounding error in every channel, which a
+        # per-element relative error (floored at 1e-2 of the leaf's largest value) magnified
+        # ~100× in that one channel: 1.1e-3 for oneDNN against 3.9e-4 for XLA, noise deciding the
+        # test. The yardstick, XLA's own error, also moves with the CPU (XLA's convolutions split
+        # their sums into blocks chosen per machine; capping the ISA at AVX2 moved its worst batch
+        # statistic 3.9e-4 → 4.9e-4), while oneDNN's kernels sum each output in one FMA chain:
+        # neither is the more exact. On one machine over 10 inputs, oneDNN's worst norm-wise leaf
+        # over XLA's ranged 0.64–1.73 (median 0.99) per group; 3× covers that spread, while
+        # reduced-precision math (bfloat16: ~1e0 here) or a wrong element are far beyond it. The
+        # 1e-6 floor (a few float32 ulps) is for a group where XLA happens to be exact.
+        for name, ours, xla, ref in (
+            ("outputs", o1, o0, o64),
+            ("batch_stats", s1, s0, s64),
+            ("grads", g1, g0, g64),
+        ):
             if ref is None:
                 continue
             leaves = jax.tree_util.tree_leaves_with_path(ref)
-            worst_xla = max(_rel_err(x, r) for (_, r), x in zip(leaves, jax.tree.leaves(xla)))
+            worst_xla = max(_norm_err(x, r) for (_, r), x in zip(leaves, jax.tree.leaves(xla)))
             for (path, r), o in zip(leaves, jax.tree.leaves(ours)):
-                err = _rel_err(o, r)
+                err = _norm_err(o, r)
                 where = f"{name}{jax.tree_util.keystr(path)} train={train}"
-                assert err <= max(2e-5, 2 * worst_xla), (
-                    f"{where}: oneDNN {err:.1e} from float64, XLA's worst leaf {worst_xla:.1e}"
+                assert err <= max(1e-6, 3 * worst_xla), (
+                    f"{where}: oneDNN {err:.1e} from float64 (norm-wise), XLA's worst leaf "
+                    f"{worst_xla:.1e}"
                 )
+
+
+_STRICT_CHILD = textwrap.dedent("""
+    import jax, numpy as np
+    from jdet.models.onednn_conv import conv2d
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 16, 16, 32), np.float32)
+    w = rng.standard_normal((3, 3, 32, 32), np.float32) / np.float32(np.sqrt(9 * 32))
+    dy = rng.standard_normal((4, 16, 16, 32), np.float32)
+    pad = ((1, 1), (1, 1))
+
+    def f(conv, a, b, g):
+        y, vjp = jax.vjp(lambda p, q: conv(p, q, (1, 1), pad), a, b)
+        return (y, *vjp(g))
+
+    def lax(a, b, s, p):
+        return jax.lax.conv_general_dilated(a, b, s, p, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    ours = jax.jit(lambda a, b, g: f(conv2d, a, b, g))(x, w, dy)
+    with jax.enable_x64(True):
+        ref = f(lax, *(np.asarray(v, np.float64) for v in (x, w, dy)))
+    for o, r in zip(ours, ref):
+        o, r = np.asarray(o, np.float64), np.asarray(r, np.float64)
+        print(float(np.max(np.abs(o - r) / (np.abs(r) + 1e-2 * np.abs(r).max()))))
+""")
+
+
+@needs_onednn
+def test_strict_float32_whatever_the_fpmath_environment():
+    """ONEDNN_DEFAULT_FPMATH_MODE=BF16 (read once per process by libdnnl) lets oneDNN
+    down-convert float32 operands: on CPUs with AMX it ran these convolutions as bfloat16
+    (brgconv:avx512_core_amx), 0.17 from float64. The extension sets strict float32 math on its
+    primitives, so the value and both gradients stay float32-accurate. (On CPUs without
+    bfloat16 kernels this passes either way.)"""
+    env = dict(
+        os.environ,
+        ONEDNN_DEFAULT_FPMATH_MODE="BF16",
+        DNNL_DEFAULT_FPMATH_MODE="BF16",
+        JAX_PLATFORMS="cpu",
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-c", _STRICT_CHILD],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errs = [float(line) for line in proc.stdout.split()]
+    assert len(errs) == 3 and max(errs) <= RTOL, (
+        f"with ONEDNN_DEFAULT_FPMATH_MODE=BF16: value, input and weight gradient {errs} from "
+        f"float64 (> {RTOL:.0e})"
+    )
 
 
 @needs_onednn
 def test_fusion_conv_same_variables():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 8))
     for kernel, bias in ((3, True), (1, False)):
-        with cpu_conv("xla"):
-            m0 = fusion.conv2d(16, kernel, use_bias=bias)
-            v0 = m0.init(jax.random.PRNGKey(1), x)
-            y0 = m0.apply(v0, x)
-        with cpu_conv("onednn"):
-            m1 = fusion.conv2d(16, kernel, use_bias=bias)
-            assert isinstance(m1, OneDnnConv)
-            v1 = m1.init(jax.random.PRNGKey(1), x)
-            y1 = m1.apply(v1, x)
+        m0 = fusion.conv2d(16, kernel, use_bias=bias, impl=LayerImpl(conv="xla"))
+        v0 = m0.init(jax.random.PRNGKey(1), x)
+        y0 = m0.apply(v0, x)
+        m1 = fusion.conv2d(16, kernel, use_bias=bias, impl=LayerImpl(conv="onednn"))
+        assert isinstance(m1, OneDnnConv)
+        v1 = m1.init(jax.random.PRNGKey(1), x)
+        y1 = m1.apply(v1, x)
         tree_close(v1, v0, rtol=0, what=f"init k={kernel}")
         close(y1, y0, RTOL, what=f"fusion conv k={kernel}")
     # grouped convolutions stay with flax
-    with cpu_conv("onednn"):
-        assert not isinstance(fusion.conv2d(16, 3, groups=2), OneDnnConv)
-    assert layers.OneDnnConv is OneDnnConv
+    assert not isinstance(fusion.conv2d(16, 3, groups=2, impl=LayerImpl(conv="onednn")), OneDnnConv)
 
 
 def test_auto_falls_back_to_xla_and_says_why_once(monkeypatch, capsys):
@@ -246,11 +337,10 @@ def test_auto_falls_back_to_xla_and_says_why_once(monkeypatch, capsys):
     monkeypatch.setattr(jax, "device_count", lambda: 1)
     monkeypatch.setattr(onednn, "load", broken)
     monkeypatch.setattr(onednn, "find_onednn", lambda: ("lib", "include"))
-    monkeypatch.setitem(onednn_conv._OVERRIDE, "warned", False)
-    with cpu_conv("auto"):
-        assert conv_backend() == "xla"
-        assert conv_backend() == "xla"
+    monkeypatch.setattr(onednn_conv, "_WARNED", set())
+    assert conv_backend("auto") == "xla"
+    assert conv_backend("auto") == "xla"
     err = capsys.readouterr().err
     assert err.count("oneDNN convolutions unavailable") == 1 and "boom" in err
-    with cpu_conv("onednn"), pytest.raises(onednn.OneDnnUnavailable, match="boom"):
-        conv_backend()
+    with pytest.raises(onednn.OneDnnUnavailable, match="boom"):
+        conv_backend("onednn")

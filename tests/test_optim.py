@@ -3,14 +3,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdet.optim import OptimConfig, decay_mask, learning_rate_schedule, make_optimizer
+from jdet.training.optim import OptimConfig, decay_mask, learning_rate_schedule, make_optimizer
 
 
 def _params():
     return {
         "enc": {"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones((4,))}},
         "frozen": {"kernel": jnp.ones((2, 2))},
-        "head": {"kernel": jnp.ones((4, 2)), "ln": {"scale": jnp.ones((2,))}, "temperature": jnp.float32(10.0)},
+        "head": {
+            "kernel": jnp.ones((4, 2)),
+            "ln": {"scale": jnp.ones((2,))},
+            "temperature": jnp.float32(10.0),
+        },
     }
 
 
@@ -27,7 +31,9 @@ def test_schedule_warmup_cosine_to_final_fraction():
     assert float(sched(0)) == 0.0
     assert float(sched(10)) == pytest.approx(1e-3)
     assert float(sched(110)) == pytest.approx(1e-5)
-    assert float(learning_rate_schedule(OptimConfig(lr=1e-3, total_steps=5))(0)) == pytest.approx(1e-3)
+    assert float(learning_rate_schedule(OptimConfig(lr=1e-3, total_steps=5))(0)) == pytest.approx(
+        1e-3
+    )
 
 
 def test_decay_mask_skips_norms_biases_scalars():

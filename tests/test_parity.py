@@ -1,7 +1,7 @@
 """Parity with the PyTorch references, from committed fixtures (no torch needed).
 
-Fixtures: tests/fixtures/*.npz, written by scripts/make_parity_fixtures.py (ultralytics 8.3.253,
-SupContrast 66a8fe5, the original project at 075f362); keys documented in
+Fixtures: tests/fixtures/*.npz, written by tests/fixtures/generate/make_parity_fixtures.py
+(ultralytics 8.3.253, SupContrast 66a8fe5, the original project at 075f362); keys documented in
 tests/fixtures/README.md. Everything runs in float64 under `jax.enable_x64(True)` and must agree to
 ≤ 1e-5 relative (most agree to ~1e-12).
 """
@@ -16,7 +16,7 @@ import pytest
 from jdet import boxes as B
 from jdet import losses as L
 from jdet.assign import task_aligned_assign
-from tests.conftest import FIXTURES
+from tests.helpers import FIXTURES
 
 RTOL = 1e-5
 
@@ -24,7 +24,10 @@ RTOL = 1e-5
 def load(name):
     path = FIXTURES / name
     if not path.exists():
-        pytest.fail(f"missing parity fixture {path}; regenerate with scripts/make_parity_fixtures.py")
+        pytest.fail(
+            f"missing parity fixture {path}; regenerate with "
+            "python -m tests.fixtures.generate.make_parity_fixtures"
+        )
     return dict(np.load(path))
 
 

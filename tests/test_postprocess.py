@@ -1,4 +1,4 @@
-"""Tests for jdet.postprocess: DFL decoding, fixed-size NMS against a NumPy reference, unletterbox."""
+"""jdet.postprocess: DFL decoding, fixed-size NMS against a NumPy reference, unletterbox."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from jdet import boxes as B
 from jdet import losses as L
 from jdet.losses.box import WIoUState
-from tests.head_fixtures import all_finite, head_outputs, split_outputs
+from tests.helpers import STAGE2_WEIGHTS, all_finite, head_outputs, split_outputs
 
 N = 6  # samples / box pairs per example
 D = 5  # feature dimension
@@ -38,7 +38,9 @@ def box_pairs(draw, n=N):
         u = np.array(draw(st.lists(st.floats(0, 1), min_size=8, max_size=8)), np.float32)
         x1, y1 = u[0] * scale, u[1] * scale
         a = np.array([x1, y1, x1 + u[2] * scale, y1 + u[3] * scale])
-        c = np.array([u[4] * scale, u[5] * scale, u[4] * scale + u[6] * scale, u[5] * scale + u[7] * scale])
+        c = np.array(
+            [u[4] * scale, u[5] * scale, u[4] * scale + u[6] * scale, u[5] * scale + u[7] * scale]
+        )
         if kind == "identical":
             c = a.copy()
         elif kind == "zero_w":
@@ -60,7 +62,9 @@ def box_pairs(draw, n=N):
 
 @st.composite
 def feature_sets(draw, n=N, d=D):
-    kind = draw(st.sampled_from(["random", "zero", "identical", "antipodal", "orthogonal", "huge", "tiny"]))
+    kind = draw(
+        st.sampled_from(["random", "zero", "identical", "antipodal", "orthogonal", "huge", "tiny"])
+    )
     seed = draw(st.integers(0, 2**31 - 1))
     rng = np.random.default_rng(seed)
     f = rng.standard_normal((n, d)).astype(np.float32)
@@ -78,7 +82,9 @@ def feature_sets(draw, n=N, d=D):
     elif kind == "tiny":
         f *= 1e-20
     lab_kind = draw(st.sampled_from(["equal", "distinct", "random"]))
-    labels = {"equal": np.zeros(n), "distinct": np.arange(n), "random": rng.integers(0, 3, n)}[lab_kind]
+    labels = {"equal": np.zeros(n), "distinct": np.arange(n), "random": rng.integers(0, 3, n)}[
+        lab_kind
+    ]
     mask_kind = draw(st.sampled_from(["all", "none", "one", "random"]))
     mask = {
         "all": np.ones(n, bool),
@@ -111,7 +117,7 @@ def test_iou_family_finite(pair):
         _assert_finite_and_masked(val, grads)
         ious = B.bbox_iou(jnp.asarray(pair[0]), jnp.asarray(pair[1]), kind)
         # IoU ∈ [0, 1], GIoU/DIoU ∈ (−1, 1]; CIoU's extra α·v = v²/(v − IoU + 1) ≤ 1/2 puts it
-        # in (−1.5, 1] (LOSSES.md's "(−1, 1]" holds only when the aspect term vanishes).
+        # in (−1.5, 1] (docs/losses.md's "(−1, 1]" holds only when the aspect term vanishes).
         lower = {"iou": 0.0, "giou": -1.0, "diou": -1.0, "ciou": -1.5}[kind]
         assert bool((ious <= 1.0 + 1e-5).all()) and bool((ious >= lower - 1e-5).all())
 
@@ -131,7 +137,11 @@ def _box_losses():
     )
 
 
-@given(box_pairs(), st.lists(st.booleans(), min_size=N, max_size=N), st.sampled_from([1e-9, 0.5, 1.0, 3.0]))
+@given(
+    box_pairs(),
+    st.lists(st.booleans(), min_size=N, max_size=N),
+    st.sampled_from([1e-9, 0.5, 1.0, 3.0]),
+)
 def test_box_losses_finite_and_masked(pair, mask, mean):
     mask = np.array(mask)
     ciou, wiou = _box_losses()
@@ -185,11 +195,21 @@ def _contrastive():
         return L.supcon_loss(f, y, m, temperature=t, base_temperature=0.07)
 
     def cpe(f, y, m, t, ious, variant):
-        return L.cpe_loss(f, y, ious, m, temperature=t, variant=variant, reweight="exp" if variant == "fsce" else "none")
+        return L.cpe_loss(
+            f,
+            y,
+            ious,
+            m,
+            temperature=t,
+            variant=variant,
+            reweight="exp" if variant == "fsce" else "none",
+        )
 
     def proto(f, y, m, t):
         protos = f[:3] * 2.0 + 0.1
-        return L.prototype_contrastive_loss(f, protos, y, m, jnp.array([True, True, False]), temperature=t)
+        return L.prototype_contrastive_loss(
+            f, protos, y, m, jnp.array([True, True, False]), temperature=t
+        )
 
     def hard(f, y, m):
         return L.batch_hard_triplet_loss(f, y, m)
@@ -235,7 +255,7 @@ def test_contrastive_jit_equals_eager(data):
 @functools.cache
 def _terms_vg(assigner):
     cfg = L.LossConfig(assigner=assigner)
-    weights = dict(box=7.5, cls=0.5, dfl=0.75, supcon=1.2, cpe=0.6, triplet=0.3)
+    weights = STAGE2_WEIGHTS
 
     def total(params, const, batch):
         terms, _ = L.loss_terms({**params, **const}, batch, cfg)
@@ -250,7 +270,9 @@ def detection_batches(draw):
     boxes = np.zeros((2, m, 4), np.float32)
     for b in range(2):
         for j in range(m):
-            kind = draw(st.sampled_from(["normal", "tiny", "whole", "zero_area", "thin", "outside"]))
+            kind = draw(
+                st.sampled_from(["normal", "tiny", "whole", "zero_area", "thin", "outside"])
+            )
             u = np.array(draw(st.lists(st.floats(0, 1), min_size=4, max_size=4)), np.float32)
             x1, y1 = u[0] * 56, u[1] * 56
             boxes[b, j] = {
@@ -261,13 +283,20 @@ def detection_batches(draw):
                 "thin": [x1, y1, x1 + 30, y1 + 1e-4],
                 "outside": [100, 100, 120, 130],
             }[kind]
-    labels = np.array(draw(st.lists(st.integers(0, 2), min_size=2 * m, max_size=2 * m)), np.int32).reshape(2, m)
+    labels = np.array(
+        draw(st.lists(st.integers(0, 2), min_size=2 * m, max_size=2 * m)), np.int32
+    ).reshape(2, m)
     mask = np.array(draw(st.lists(st.booleans(), min_size=2 * m, max_size=2 * m))).reshape(2, m)
     ways = np.array(draw(st.lists(st.booleans(), min_size=6, max_size=6))).reshape(2, 3)
     return dict(boxes=boxes, labels=labels, box_mask=mask, support_mask=ways)
 
 
-@given(detection_batches(), st.integers(0, 2**31 - 1), st.sampled_from([0.0, 1.0, 30.0, 1e3]), st.sampled_from(["tal", "center"]))
+@given(
+    detection_batches(),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from([0.0, 1.0, 30.0, 1e3]),
+    st.sampled_from(["tal", "center"]),
+)
 def test_loss_terms_finite(batch, seed, scale, assigner):
     params, const = split_outputs(head_outputs(jax.random.PRNGKey(seed % 1000), scale=scale))
     val, g = _terms_vg(assigner)(params, const, batch)

@@ -12,29 +12,16 @@ from jdet.distributed import run_once
 from jdet.grads import diagnose
 from jdet.losses import LossConfig, loss_terms, weighted_total
 from jdet.models.refdet import RefDet, refdet_param_groups
+from tests.helpers import STAGE2_WEIGHTS, refdet_batch
 
-WEIGHTS = dict(box=7.5, cls=0.5, dfl=0.75, supcon=1.2, cpe=0.6, triplet=0.3)
-
-
-def _batch(b=2, n=2, k=3, hw=(320, 320), s=256, key=0):
-    keys = jax.random.split(jax.random.PRNGKey(key), 2)
-    boxes = jnp.array([[[20.0, 30.0, 60.0, 90.0], [0, 0, 0, 0]], [[5.0, 5.0, 40.0, 28.0], [30, 20, 60, 60]]])
-    boxes = boxes * (hw[0] / 64)
-    return dict(
-        query=jax.random.uniform(keys[0], (b, *hw, 3)),
-        support=jax.random.uniform(keys[1], (b, n, k, s, s, 3)),
-        support_mask=jnp.array([[True, True], [True, False]])[:b, :n],
-        boxes=boxes[:b],
-        labels=jnp.array([[0, 0], [0, 0]])[:b],
-        box_mask=jnp.array([[True, False], [True, True]])[:b],
-    )
+pytestmark = pytest.mark.heavy(3)
 
 
 def _counts(params):
     return {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in params.items()}
 
 
-# The original's printed summary (REFERENCE.md §2), and jdet's exact counts:
+# The original's printed summary (docs/original.md §2), and jdet's exact counts:
 #   support encoder 21.77M = timm DINOv3 ViT-S/16 21,586,944 + scale projections 185,760.
 #     jdet: HF DINOv3ViTModel 21,596,544 (+ q/v biases 9,216 and the unused mask token 384,
 #     both in the HF checkpoint) + projections 185,760.
@@ -56,7 +43,7 @@ EXPECTED = dict(
 
 def test_full_size_shapes_and_parameter_budget():
     m = RefDet()
-    batch = _batch()
+    batch = refdet_batch()
     v = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), batch))
     counts = _counts(v["params"])
     print("\nRefDet parameters:", {k: f"{c / 1e6:.3f}M" for k, c in counts.items()})
@@ -64,7 +51,7 @@ def test_full_size_shapes_and_parameter_budget():
     total = sum(counts.values())
     assert total == 29_678_929 and total < 50_000_000
     for hw, anchors in [((320, 320), 8500), ((640, 640), 34000)]:
-        b = _batch(hw=hw)
+        b = refdet_batch(hw=hw)
         out = jax.eval_shape(lambda v: m.apply(v, b), v)
         assert out["dist"].shape == (2, anchors, 4, 17)
         assert out["cls"].shape == out["proto_cos"].shape == (2, anchors, 2)
@@ -88,7 +75,7 @@ def _tiny(**kw):
 @pytest.fixture(scope="module")
 def tiny():
     m = _tiny()
-    batch = _batch(hw=(64, 64), s=32)
+    batch = refdet_batch(hw=(64, 64), s=32)
     v = run_once(jax.jit(m.init), jax.random.PRNGKey(0), batch)  # as the trainer initialises
     return m, batch, v
 
@@ -106,11 +93,20 @@ def test_tiny_forward_losses_and_per_term_grads_finite(tiny):
         return loss_terms(o, batch, LossConfig())[0]
 
     report, grads = diagnose(terms_fn, v["params"], batch)
-    assert set(report["terms"]) == set(WEIGHTS)
+    assert set(report["terms"]) == set(STAGE2_WEIGHTS)
     assert report["all_finite"], report
     # The triplet term reaches the support encoder's trainable blocks, never the frozen ones.
-    assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(grads["triplet"]["support_encoder"]["layer_1"])) > 0
-    assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves(grads["triplet"]["support_encoder"]["layer_0"]))
+    assert (
+        sum(
+            float(jnp.abs(x).sum())
+            for x in jax.tree.leaves(grads["triplet"]["support_encoder"]["layer_1"])
+        )
+        > 0
+    )
+    assert all(
+        float(jnp.abs(x).max()) == 0
+        for x in jax.tree.leaves(grads["triplet"]["support_encoder"]["layer_0"])
+    )
 
 
 def test_frozen_encoder_parameters_bit_identical_after_a_step(tiny):
@@ -118,14 +114,17 @@ def test_frozen_encoder_parameters_bit_identical_after_a_step(tiny):
     groups = refdet_param_groups(v["params"], 1)
     lr = {"frozen": 0.0, "support_encoder": 1e-5, "backbone": 1e-4, "fusion": 2e-4, "heads": 2e-4}
     tx = optax.multi_transform(
-        {g: (optax.set_to_zero() if g == "frozen" else optax.adamw(r, weight_decay=0.05)) for g, r in lr.items()},
+        {
+            g: (optax.set_to_zero() if g == "frozen" else optax.adamw(r, weight_decay=0.05))
+            for g, r in lr.items()
+        },
         groups,
     )
     opt_state = tx.init(v["params"])
 
     def loss(params):
         o, mutated = m.apply({**v, "params": params}, batch, train=True, mutable=["batch_stats"])
-        return weighted_total(loss_terms(o, batch)[0], WEIGHTS)
+        return weighted_total(loss_terms(o, batch)[0], STAGE2_WEIGHTS)
 
     @jax.jit
     def step(params, opt_state):
@@ -172,13 +171,21 @@ def test_bf16_compute_finite_and_close(tiny):
 def test_shared_support_groups_match_per_query_encoding(tiny):
     m, batch, v = tiny
     # Two episodes of one query each would be trivial; make both queries share image 0's support.
-    shared = dict(batch, support=jnp.repeat(batch["support"][:1], 2, 0),
-                  support_mask=jnp.repeat(batch["support_mask"][:1], 2, 0))
+    shared = dict(
+        batch,
+        support=jnp.repeat(batch["support"][:1], 2, 0),
+        support_mask=jnp.repeat(batch["support_mask"][:1], 2, 0),
+    )
     ref = jax.jit(m.apply)(v, shared)
     got = jax.jit(_tiny(support_groups=1).apply)(v, shared)
     for key in ("dist", "cls", "proto_cos", "embed"):
         np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-5, err_msg=key)
     assert got["triplet_embed"].shape[0] == ref["triplet_embed"].shape[0] // 2
-    np.testing.assert_allclose(got["triplet_embed"], ref["triplet_embed"][: got["triplet_embed"].shape[0]], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        got["triplet_embed"],
+        ref["triplet_embed"][: got["triplet_embed"].shape[0]],
+        rtol=1e-5,
+        atol=1e-6,
+    )
     with pytest.raises(ValueError, match="support_groups"):
         _tiny(support_groups=3).apply(v, shared)

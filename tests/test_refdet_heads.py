@@ -1,8 +1,9 @@
 """RefDet fusion, projections and dual head: parameter counts, shapes, masking, parity.
 
-Parity fixture: tests/fixtures/refdet_heads.npz, written by scripts/parity_refdet.py from the
-original project's torch modules (it-dainb/zalo_ai_2025 at 075f362; keys in
-tests/fixtures/README.md). Loaded with NumPy only: no torch here.
+Parity fixture: tests/fixtures/refdet_heads.npz, written by
+tests/fixtures/generate/parity_refdet.py from the original project's torch modules
+(it-dainb/zalo_ai_2025 at 075f362; keys in tests/fixtures/README.md). Loaded with NumPy only:
+no torch here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from jdet.models.heads import (
     PrototypeProjections,
     TripletProjection,
 )
-from tests.conftest import FIXTURES
+from tests.helpers import FIXTURES
 
 SCALES = ("p2", "p3", "p4", "p5")
 STRIDES = (4, 8, 16, 32)
@@ -36,8 +37,9 @@ FUSED_CH = (128, 256, 512, 512)
 #                                   reg_max 16)                          -> 4,515,105
 #   DINOSupportEncoder proj_p2..proj_p5 (384 -> 32/64/128/256)           -> 185,760
 #   DINOSupportEncoder triplet_proj (384 -> 256, Linear + LayerNorm)      -> 99,072
-# (the encoder was built with timm stubbed by a parameter-free ViT, as scripts/parity_refdet.py
-# does). REFERENCE.md's "0.78M" and "4.51M" round these; its "≈0.37M" for the scale
+# (the encoder was built with timm stubbed by a parameter-free ViT, as generate/parity_refdet.py
+# does). The original's printed summary (docs/original.md §2) rounds these to "0.78M" and
+# "4.51M"; its "≈0.37M" for the scale
 # projections is about twice the real 185,760 (384·480 weights + 480 biases + 2·480 LayerNorm).
 ORIGINAL_FUSION_PARAMS = 776_160
 ORIGINAL_DUAL_HEAD_PARAMS = 4_515_105
@@ -182,7 +184,7 @@ def test_prototype_logit_bias_is_prior_initialised_and_added():
 def fx():
     path = FIXTURES / "refdet_heads.npz"
     if not path.exists():
-        pytest.fail(f"missing {path}; regenerate with scripts/parity_refdet.py")
+        pytest.fail(f"missing {path}; regenerate: python -m tests.fixtures.generate.parity_refdet")
     return dict(np.load(path))
 
 

@@ -9,24 +9,24 @@ import pytest
 
 from jdet.distributed import run_once
 from jdet.models.refdet import RefDet, refdet_param_groups
-from jdet.optim import OptimConfig, make_optimizer
-from jdet.steps import create_train_state, eval_step, train_step
-from tests.test_refdet import _batch
+from jdet.training.optim import OptimConfig, make_optimizer
+from jdet.training.steps import create_train_state, eval_step, train_step
+from tests.helpers import STAGE2_WEIGHTS, refdet_batch
 
-WEIGHTS = dict(box=7.5, cls=0.5, dfl=0.75, supcon=1.2, cpe=0.6, triplet=0.3)
+pytestmark = pytest.mark.heavy(2)
 
 
 @pytest.fixture(scope="module")
 def setup():
     model = RefDet(yolo_scale="t2", encoder="dinov3-tiny", frozen_blocks=1, nc_base=0)
-    batch = _batch(hw=(64, 64), s=32)
+    batch = refdet_batch(hw=(64, 64), s=32)
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))["params"]
     groups = refdet_param_groups(params, 1)
     tx = make_optimizer(OptimConfig(lr=1e-3, total_steps=10), params, groups)
     # Jitted for compile speed, as the trainer does (op by op it took twice as long).
     create = jax.jit(lambda b: create_train_state(model, tx, jax.random.PRNGKey(0), b))
     state = run_once(create, batch)
-    step = jax.jit(functools.partial(train_step, loss_weights=WEIGHTS))
+    step = jax.jit(functools.partial(train_step, loss_weights=STAGE2_WEIGHTS))
     return state, batch, step, groups
 
 
@@ -35,7 +35,10 @@ def test_steps_update_and_skip_nonfinite(setup):
     s1, m1 = step(state, batch, jax.random.PRNGKey(1))
     assert int(s1.step) == 1 and int(m1["skipped"]) == 0
     assert all(bool(jnp.isfinite(v)) for v in m1.values())
-    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(state.params))]
+    moved = [
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(state.params))
+    ]
     frozen = [g == "frozen" for g in jax.tree.leaves(groups)]
     assert any(m for m, f in zip(moved, frozen) if not f)
     assert not any(m for m, f in zip(moved, frozen) if f)
@@ -44,8 +47,10 @@ def test_steps_update_and_skip_nonfinite(setup):
     bad = dict(batch, query=batch["query"].at[0, 0, 0, 0].set(jnp.nan))
     s2, m2 = step(s1, bad, jax.random.PRNGKey(1))
     assert int(s2.step) == 2 and int(m2["skipped"]) == 1 and int(m2["total_skipped"]) == 1
-    for a, b in zip(jax.tree.leaves((s2.params, s2.batch_stats, s2.wiou_state)),
-                    jax.tree.leaves((s1.params, s1.batch_stats, s1.wiou_state))):
+    for a, b in zip(
+        jax.tree.leaves((s2.params, s2.batch_stats, s2.wiou_state)),
+        jax.tree.leaves((s1.params, s1.batch_stats, s1.wiou_state)),
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
     s3, m3 = step(s2, batch, jax.random.PRNGKey(1))
@@ -54,7 +59,7 @@ def test_steps_update_and_skip_nonfinite(setup):
 
 def test_eval_step_and_repeated_steps_reduce_loss(setup):
     state, batch, step, _ = setup
-    ev = jax.jit(functools.partial(eval_step, loss_weights=WEIGHTS))
+    ev = jax.jit(functools.partial(eval_step, loss_weights=STAGE2_WEIGHTS))
     before = float(ev(state, batch)["loss"])
     s = state
     for _ in range(6):

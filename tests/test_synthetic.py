@@ -124,8 +124,8 @@ def test_reference_photos(dataset):
 def test_val_fraction_writes_two_splits(tmp_path):
     out = synthetic.generate(tmp_path / "s", 3, 0, val_fraction=0.3, frames=20, width=96,
                              height=64, num_references=1)
-    train, _ = zalo.load_dataset(out / "train", check_videos=False)
-    val, report = zalo.load_dataset(out / "val", check_videos=False)
+    train, _ = zalo.load_dataset(out / "train", check_videos=False, min_references=1)
+    val, report = zalo.load_dataset(out / "val", check_videos=False, min_references=1)
     assert [r.video_id for r in train] == ["synth_000", "synth_001"]
     assert [r.video_id for r in val] == ["synth_002"] and report.ok
 

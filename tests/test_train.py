@@ -17,7 +17,10 @@ import pytest
 from absl import flags
 
 from configs import tiny
-from jdet import train, trainer
+from jdet import checkpoint, train
+from jdet.training.loop import train_and_evaluate
+
+pytestmark = [pytest.mark.heavy(8), pytest.mark.xdist_group("tiny-run")]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,16 +28,16 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny_run")
-    result = trainer.train_and_evaluate(tiny.get_config(), workdir)
-    params = jax.device_get(result["state"].params)
+    result = train_and_evaluate(tiny.get_config(), workdir)
+    params = jax.device_get(result.state.params)
     return workdir, result, params
 
 
 @pytest.mark.slow
 def test_tiny_run_writes_run_directory(run):
     workdir, result, _ = run
-    assert result["step"] == 3 and not result["stopped"]
-    assert result["compiles"] == 1  # one XLA compilation of the train step served all 3 steps
+    assert result.step == 3 and not result.stopped
+    assert result.compiles == 1  # one XLA compilation of the train step served all 3 steps
     records = [r for r in records_all(workdir) if "train/loss" in r]
     assert [r["step"] for r in records] == [1, 2, 3]
     for key in (
@@ -80,7 +83,7 @@ def test_tiny_run_writes_run_directory(run):
     meta = json.loads((workdir / "best" / "jdet_meta.json").read_text())
     assert meta["step"] == 3 and meta["metric"] == "metrics/st_iou"
     assert meta["config"]["data"]["query_size"] == 64
-    assert result["eval"]["metrics/st_iou"] == evals[0]["metrics/st_iou"]
+    assert result.eval["metrics/st_iou"] == evals[0]["metrics/st_iou"]
     assert {p.name for p in (workdir / "eval").iterdir()} == {
         "submission.json",
         "metrics.json",
@@ -153,10 +156,10 @@ def test_predict_bad_inputs_name_the_problem(tmp_path, capsys):
     bad = tmp_path / "run"
     (bad / "best").mkdir(parents=True)
     (bad / "best" / "jdet_meta.json").write_text("{}")
-    with pytest.raises(predict.CheckpointError, match="cannot read the weights"):
-        predict.load_run(bad)
-    with pytest.raises(predict.CheckpointError, match="not a jdet run directory"):
-        predict.load_run(tmp_path / "samples")
+    with pytest.raises(checkpoint.CheckpointError, match="cannot read the weights"):
+        checkpoint.load_run(bad)
+    with pytest.raises(checkpoint.CheckpointError, match="not a jdet run directory"):
+        checkpoint.load_run(tmp_path / "samples")
     assert not (tmp_path / "s.json").exists()
 
 
@@ -165,10 +168,10 @@ def test_resume_is_bit_identical(run):
     workdir, _, params = run
     for step in ("2", "3"):
         shutil.rmtree(workdir / "checkpoints" / step)
-    result = trainer.train_and_evaluate(tiny.get_config(), workdir)
-    assert result["step"] == 3
+    result = train_and_evaluate(tiny.get_config(), workdir)
+    assert result.step == 3
     for a, b in zip(
-        jax.tree.leaves(params), jax.tree.leaves(jax.device_get(result["state"].params))
+        jax.tree.leaves(params), jax.tree.leaves(jax.device_get(result.state.params))
     ):
         np.testing.assert_array_equal(a, b)
 
@@ -181,9 +184,8 @@ def test_check_flag_exits_zero(tmp_path, capsys):
         f"--workdir={tmp_path}",
         "--check",
     ]
-    flags.FLAGS(argv)
     try:
-        assert train.main(argv[:1]) == 0
+        assert train.main(argv) == 0
     finally:
         flags.FLAGS.unparse_flags()
     out = capsys.readouterr().out
@@ -206,16 +208,33 @@ def _train_cli(workdir, *overrides):
 
 
 def test_config_typo_fails_with_suggestion(tmp_path):
-    proc = _train_cli(tmp_path / "w", "--config.train.total_step=5")
-    assert proc.returncode != 0
-    assert "total_steps" in proc.stderr  # the suggestion
+    proc = _train_cli(tmp_path / "w", "--config.train.totl_steps=5")
+    assert proc.returncode == 2
+    first, *rest = proc.stderr.strip().splitlines()
+    assert first == (
+        "error: --config.train.totl_steps: no config field 'totl_steps' (did you mean "
+        "'total_steps'?)"
+    )
+    assert len(rest) == 1 and rest[0].startswith("usage:")  # no traceback
     assert not (tmp_path / "w").exists()  # failed before anything ran
+
+
+def test_flag_errors_are_one_line(tmp_path):
+    from jdet.cli import flag_error
+
+    proc = _train_cli(tmp_path / "w", "--chek")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and "chek" in proc.stderr.splitlines()[0]
+    err = KeyError("\'totl_steps\'\nDid you mean \"total_steps\" instead of \"totl_steps\"?")
+    assert flag_error(err, ["--config.train.totl_steps=3"]) == (
+        "--config.train.totl_steps: no config field 'totl_steps' (did you mean 'total_steps'?)"
+    )
 
 
 def test_command_line_overrides_are_validated(tmp_path):
     proc = _train_cli(tmp_path / "w", "--config.train.total_steps=0")
-    assert proc.returncode != 0
-    assert "train.total_steps must be >= 1" in proc.stderr + proc.stdout
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: train.total_steps must be >= 1")
     assert not (tmp_path / "w").exists()
 
 
@@ -225,11 +244,11 @@ def test_batch_not_divisible_by_devices(tmp_path):
         config.data.q_query = 2
         config.train.batch_size = 4  # one 2-way 2-query episode; 8 devices
     with pytest.raises(ValueError, match="not divisible by the 8 devices"):
-        trainer.train_and_evaluate(config, tmp_path)
+        train_and_evaluate(config, tmp_path)
 
 
 def test_config_validation_names_field():
-    from configs.common import base_config, validate
+    from jdet.config import base_config, validate
 
     config = base_config()
     config.train.batch_size = 6
@@ -267,7 +286,7 @@ def test_graft_copies_matching_leaves_under_prefix():
 
 
 def test_truncate_after_drops_records_past_the_resumed_step(tmp_path):
-    from jdet.metrics import read_jsonl, truncate_after
+    from jdet.training.run_log import read_jsonl, truncate_after
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "train/loss": 1.0}) + "\n" for s in (1, 2, 3)))

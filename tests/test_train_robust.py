@@ -28,9 +28,12 @@ import orbax.checkpoint as ocp
 import pytest
 from absl import flags
 
-from jdet import checkpoint, checks, train
+from jdet import checkpoint, train
 from jdet.losses import TERM_NAMES
-from jdet.metrics import read_jsonl
+from jdet.training import diagnostics as checks
+from jdet.training.run_log import read_jsonl
+
+pytestmark = [pytest.mark.heavy(9), pytest.mark.xdist_group("tiny-run")]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 3  # configs/tiny.py: train.total_steps, with a checkpoint after every step
@@ -43,7 +46,6 @@ RUN_TIMEOUT_S = 900  # one subprocess; a cold compile cache takes up to ~6 min
 # Usage: python -c DIE_IN_SAVE KILL_STEP ARGS...
 DIE_IN_SAVE = """
 import os, signal, sys, time
-from absl import app
 from jdet import checkpoint, train
 
 kill_step = int(sys.argv.pop(1))
@@ -61,8 +63,7 @@ def save_then_die(self, step, *args, **kwargs):
 
 checkpoint.RunCheckpoints.save = save_then_die
 sys.argv[0] = "jdet.train"
-train._add_repo_root()
-app.run(train.main)
+sys.exit(train.main())
 """
 
 
@@ -73,7 +74,7 @@ def _env() -> dict[str, str]:
         "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
-        # jdet.optim builds its per-group transforms in set order, which follows the string
+        # jdet.training.optim builds its per-group transforms in set order, which follows the string
         # hash seed: a fixed seed gives every subprocess the same HLO, so the cache hits.
         "PYTHONHASHSEED": "0",
     }
@@ -252,9 +253,8 @@ def test_check_fails_and_names_a_non_finite_loss_term(reference, tmp_path, monke
     # its initialisation.
     workdir = _start_from(reference[0], tmp_path / "run")
     argv = ["jdet.train", f"--config={ROOT / 'configs' / 'tiny.py'}", f"--workdir={workdir}"]
-    flags.FLAGS([*argv, "--check"])
     try:
-        assert train.main(argv[:1]) == 1
+        assert train.main([*argv, "--check"]) == 1
     finally:
         flags.FLAGS.unparse_flags()
     out = capsys.readouterr().out
@@ -268,7 +268,7 @@ def test_check_fails_and_names_a_non_finite_loss_term(reference, tmp_path, monke
 
 @pytest.mark.parametrize("steps", ["", "3", "3,7", " 3, 7"])
 def test_inject_nan_steps_accepts_step_lists(steps):
-    from configs.common import base_config, validate
+    from jdet.config import base_config, validate
 
     config = base_config()
     config.debug.inject_nan_steps = steps
@@ -277,7 +277,7 @@ def test_inject_nan_steps_accepts_step_lists(steps):
 
 @pytest.mark.parametrize("steps", ["x", "3,", "-1", "3;7", "1.5"])
 def test_inject_nan_steps_validation_names_field(steps):
-    from configs.common import base_config, validate
+    from jdet.config import base_config, validate
 
     config = base_config()
     config.debug.inject_nan_steps = steps
@@ -290,7 +290,7 @@ def test_compile_counter_counts_inside_its_blocks_and_leaves_no_listener():
     outside do not count, and no jax.monitoring listener outlives a block."""
     from jax._src import monitoring
 
-    from jdet.train_checks import CompileCounter
+    from jdet.training.diagnostics import CompileCounter
 
     before = len(monitoring.get_event_duration_listeners())
     counter = CompileCounter()

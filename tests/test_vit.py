@@ -1,7 +1,8 @@
 """jdet.models.vit (DINOv2 / DINOv3 support encoder) and jdet.models.convert_hf.
 
 Parity fixtures (tests/fixtures/README.md, "ViT"): tiny random Hugging Face models written by
-scripts/parity_vit.py. Full-size variants are only traced (`jax.eval_shape`), never compiled.
+tests/fixtures/generate/parity_vit.py. Full-size variants are only traced (`jax.eval_shape`),
+never compiled.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import optax
 import pytest
 
 from jdet.models import convert_hf
-from jdet.models.convert_hf import VARIANTS
 from jdet.models.vit import (
     ViT,
     bicubic_resize_matrix,
@@ -26,6 +26,7 @@ from jdet.models.vit import (
     interpolate_pos_encoding,
     vit_param_labels,
 )
+from jdet.models.vit_variants import VARIANTS
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 SIZES = [(224, 224), (256, 256), (224, 320)]
@@ -105,7 +106,7 @@ def hf_param_count(family: str, hf: dict) -> int:
 )  # fmt: skip
 def test_param_count_matches_hf(variant, expected):
     # DINOv3 ViT-S/16 as DINOv3ViTModel: 21,596,544 (no key bias; q/v/o biased; mask token).
-    # REFERENCE.md's 21.77M for the original's support encoder is timm's
+    # The original's 21.77M support encoder (docs/original.md §2) is timm's
     # vit_small_patch16_dinov3 (qkv_bias=False: −12·2·384 = −9,216; no mask token: −384 →
     # 21,586,944) plus its four scale projections Linear(384→d)+LayerNorm(d), d = 32/64/128/256
     # (185,760): 21,772,704. Its frozen part, 10.94M = patch conv + CLS + 6 timm blocks, checks.

@@ -8,11 +8,13 @@ import pytest
 from jdet.distributed import run_once
 from jdet.models.convert import yolo_from_torch
 from jdet.models.yolo import YOLOv8, tap_channels
-from tests.conftest import FIXTURES
+from tests.helpers import FIXTURES
 
 
 def _param_count(module, size=64, **kw):
-    v = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), **kw))
+    v = jax.eval_shape(
+        lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), **kw)
+    )
     return sum(x.size for x in jax.tree.leaves(v["params"]))
 
 
@@ -90,7 +92,9 @@ def test_bf16_compute_keeps_f32_params_and_tracks_f32():
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
     for a, b in zip(got, ref):
         assert a.dtype == jnp.bfloat16
-        np.testing.assert_allclose(np.asarray(a, np.float32), b, atol=0.15 * float(jnp.abs(b).max()))
+        np.testing.assert_allclose(
+            np.asarray(a, np.float32), b, atol=0.15 * float(jnp.abs(b).max())
+        )
 
 
 def test_train_mode_updates_batch_stats():

@@ -1,6 +1,6 @@
 """annotations.json of the Zalo AI Challenge 2025: parse, check types, check boxes.
 
-Format (REFERENCE.md §1): a list with one entry per video,
+Format (docs/original.md §1): a list with one entry per video,
 ``[{"video_id": str, "annotations": [{"bboxes": [{"frame": int, "x1", "y1", "x2", "y2"}]}]}]``
 with absolute pixel corners. Several ``annotations`` groups (and repeated entries of one
 video) are merged. Problems go to a `Report`; nothing raises on bad content.

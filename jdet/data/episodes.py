@@ -5,7 +5,7 @@ TFDS record index (`tfds_source.load_metadata`), `plan_episode` draws an `Episod
 explicit ``np.random.Generator``; `jdet.data.loader` decodes and augments it and
 `jdet.data.pipeline` batches episodes with grain.
 
-Episode composition (REFERENCE.md §4; defaults N = 2, K = 3, Q = 4):
+Episode composition (docs/original.md §5; defaults N = 2, K = 3, Q = 4):
 
 - **Ways**: N distinct videos drawn uniformly from the split's videos that have at least one
   box (videos without any box only serve as negatives). With fewer than N such videos the

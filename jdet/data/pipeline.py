@@ -1,4 +1,4 @@
-"""grain input pipeline: fixed-shape episode batches for `jdet.steps.train_step`.
+"""grain input pipeline: fixed-shape episode batches for `jdet.training.steps.train_step`.
 
     it = make_iterator(data_dir, "train", EpisodeConfig(), seed=0, worker_count=2)
     batch = next(it)                  # dict of numpy arrays, shapes below

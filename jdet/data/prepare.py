@@ -10,13 +10,12 @@ from typing import Any
 import ml_collections
 
 from jdet import distributed
+from jdet.data import synthetic
 
 
 def ensure_synthetic(folder: pathlib.Path, seed: int, options: dict[str, Any]) -> bool:
     """Generate synthetic videos into `folder` unless the ones there were made with the same
     seed and options (recorded in synthetic.json); True when it (re)generated them."""
-    from jdet.data import synthetic
-
     record = folder / "synthetic.json"
     if record.exists():
         made = json.loads(record.read_text())
@@ -34,6 +33,8 @@ def ensure_synthetic(folder: pathlib.Path, seed: int, options: dict[str, Any]) -
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
     """The TFDS folder to read, generating the synthetic videos and building it if missing."""
+    # Imported here: tensorflow_datasets takes seconds to import, and `eval_samples` (the
+    # evaluation command's) needs none of it.
     from jdet.data import tfds_builder
 
     cache = pathlib.Path(config.data.cache_dir or workdir / "data").expanduser()

@@ -1,6 +1,6 @@
 """TFDS dataset of the challenge layout: decoded frames and reference photos in ArrayRecord.
 
-Built and read without TensorFlow (DESIGN.md §1): ``file_format="array_record"``, images fed
+Built and read without TensorFlow (docs/design.md §6): ``file_format="array_record"``, images fed
 as encoded JPEG bytes, read back with ``as_data_source`` (random access, for grain) by
 `jdet.data.tfds_source` (``load_split``, ``load_metadata``; re-exported here).
 
@@ -52,18 +52,14 @@ from jdet.data import video as video_io
 from jdet.data import zalo
 from jdet.data.jpeg_encode import encoded_frames, reference_bytes
 from jdet.data.report import DatasetError, Report
-from jdet.data.tfds_source import (  # noqa: F401 - reading lives there; re-exported here
+from jdet.data.tfds_source import (
     CONFIGS,
     FRAMES,
     NAME,
     REFERENCES,
-    SPLITS,
     VERSION,
-    DatasetNotBuiltError,
     dataset_path,
-    example_boxes,
     load_metadata,
-    load_split,
 )
 
 log = logging.getLogger(__name__)
@@ -139,6 +135,7 @@ class ZaloRefDet(tfds.core.GeneratorBasedBuilder):
         jpeg_quality: int = 90,
         records: Sequence[zalo.VideoRecord] | None = None,
         encode_threads: int = 4,
+        min_references: int = zalo.MIN_REFERENCES,
         **kwargs: Any,
     ):
         if frame_stride < 1:
@@ -148,6 +145,7 @@ class ZaloRefDet(tfds.core.GeneratorBasedBuilder):
         self._src = None if src is None else pathlib.Path(src)
         self._records = records
         self._threads = encode_threads
+        self._min_references = min_references
         self._options = {
             "val_fraction": float(val_fraction),
             "seed": int(seed),
@@ -198,7 +196,7 @@ class ZaloRefDet(tfds.core.GeneratorBasedBuilder):
                 raise ValueError(
                     f"{NAME}: building needs src=<folder with samples/ and annotations/>"
                 )
-            records, report = zalo.load_dataset(self._src)
+            records, report = zalo.load_dataset(self._src, min_references=self._min_references)
             report.raise_if_errors()
         if not records:
             raise DatasetError(f"{NAME}: no usable video under {self._src}")
@@ -303,6 +301,7 @@ def build_dataset(
     allow_errors: bool = False,
     check_videos: bool = True,
     encode_threads: int = 4,
+    min_references: int = zalo.MIN_REFERENCES,
 ) -> BuildResult:
     """Validate ``src`` and build both configs (frames, references) under ``data_dir``.
 
@@ -310,9 +309,12 @@ def build_dataset(
     an error unless ``overwrite``, which always regenerates (TFDS deletes the old version
     first, so an interrupted overwrite leaves no dataset rather than a mixed one).
     Validation errors in ``src`` (`zalo.load_dataset`) raise DatasetError unless
-    ``allow_errors`` (then the usable videos are built).
+    ``allow_errors`` (then the usable videos are built). ``min_references``: reference photos
+    each video must have (img_1..img_K, `zalo.load_dataset`); lower it for K-shot data.
     """
-    records, report = zalo.load_dataset(src, check_videos=check_videos)
+    records, report = zalo.load_dataset(
+        src, check_videos=check_videos, min_references=min_references
+    )
     log.info("%s", report.format())
     if not allow_errors:
         report.raise_if_errors()

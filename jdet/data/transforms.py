@@ -18,7 +18,7 @@ follows ultralytics' ``box_candidates`` in spirit: a clipped box is kept when bo
 least ``min_size`` (2) px and at least ``min_visible`` (10%) of its unclipped area is still in
 the image. The rule is applied per stage (mosaic crop, then affine crop).
 
-Colour jitter follows the original's HSV ranges (REFERENCE.md §4: h ±15, s ±30, v ±30, in
+Colour jitter follows the original's HSV ranges (docs/original.md §5: h ±15, s ±30, v ±30, in
 OpenCV/albumentations uint8 units: hue on a 0..180 circle, saturation and value additive on
 0..255), not ultralytics' multiplicative gains (0.015/0.7/0.4).
 """
@@ -258,7 +258,7 @@ def hsv_jitter(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Shift hue by U(±hue) on a 0..180 circle, add U(±saturation), U(±value) on 0..255.
 
-    The albumentations HueSaturationValue semantics the original used (REFERENCE.md §4), done
+    The albumentations HueSaturationValue semantics the original used (docs/original.md §5), done
     with three 256-entry lookup tables on Pillow's HSV image (its hue circle is 0..255).
     Boxes pass through. image: [H, W, 3] uint8 -> [H, W, 3] uint8.
     """

@@ -1,4 +1,4 @@
-"""Read and validate a Zalo AI Challenge 2025 split (REFERENCE.md §1).
+"""Read and validate a Zalo AI Challenge 2025 split (docs/original.md §1).
 
 Layout, exactly as the original reads it::
 
@@ -16,11 +16,17 @@ found (it never stops at the first). Decisions:
   order (img_2 before img_10). ``.jpeg``/``.png`` are accepted with a warning, since the
   original only globbed ``*.jpg``. Grayscale, RGBA, CMYK and palette photos are converted to
   RGB (`load_reference`).
+- Every sample needs ``min_references`` photos (default 3, as in the challenge):
+  ``img_1`` .. ``img_<min_references>`` (any accepted extension) must all exist, and each
+  missing one is an error naming it (``.../object_images/img_2.jpg: missing``). Pass a
+  smaller ``min_references`` (K-shot experiments, ``--min-references``) to accept fewer. A gap
+  above that range (img_1..img_3 and img_5 but no img_4) is a warning. Folders whose photos
+  are not named ``img_<k>`` are only checked to hold at least ``min_references`` photos.
 - Videos with a missing/corrupt mp4 or without a readable reference photo are left out of the
   records (error). Bad boxes are dropped (error), the rest of their video is kept.
 
-CLI: ``python -m jdet.data.zalo validate ROOT [--no-video-check]`` prints the report and exits
-1 on errors.
+CLI: ``python -m jdet.data.zalo validate ROOT [--no-video-check] [--min-references K]`` prints
+the report and exits 1 on errors.
 """
 
 from __future__ import annotations
@@ -39,14 +45,24 @@ from jdet.data import video as video_io
 from jdet.data.annotations import Box, check_boxes, parse_annotations
 from jdet.data.report import DatasetError, Report
 
-__all__ = ["VideoRecord", "Report", "DatasetError", "ReferenceImageError", "load_dataset",
-           "load_reference", "find_references", "main"]
+__all__ = [
+    "DatasetError",
+    "ReferenceImageError",
+    "Report",
+    "VideoRecord",
+    "find_references",
+    "load_dataset",
+    "load_reference",
+    "main",
+]
 
 SAMPLES_DIR = "samples"
 VIDEO_FILE = "drone_video.mp4"
 REFERENCES_DIR = "object_images"
 ANNOTATIONS_FILE = "annotations/annotations.json"
 _EXTRA_SUFFIXES = (".jpeg", ".png")  # accepted with a warning; the original reads *.jpg only
+_NUMBERED = re.compile(r"img_(\d+)", re.IGNORECASE)  # the challenge's names: img_1, img_2, ...
+MIN_REFERENCES = 3  # reference photos per sample in the challenge data
 _BACKGROUND = (255, 255, 255)  # transparent reference pixels are composited on white
 
 
@@ -136,7 +152,30 @@ def find_references(folder: pathlib.Path) -> tuple[list[pathlib.Path], list[path
     return sorted(jpgs, key=_natural_key), sorted(extras, key=_natural_key)
 
 
-def _references(folder: pathlib.Path, name: str, report: Report) -> list[pathlib.Path]:
+def _check_numbering(paths: Sequence[pathlib.Path], name: str, min_references: int,
+                     report: Report) -> None:
+    """Report missing photos among img_1..img_<min_references> (errors) and gaps above
+    (warnings); count-only when no photo is named img_<k>."""
+    found = ", ".join(p.name for p in paths)
+    numbers = {int(m.group(1)) for p in paths if (m := _NUMBERED.fullmatch(p.stem))}
+    hint = (f"every sample needs at least {min_references} reference photos "
+            f"(img_1.jpg..img_{min_references}.jpg); found {found}. Add (or rename) the photo, "
+            "or lower min_references (--min-references) to accept fewer")
+    if not numbers:
+        if len(paths) < min_references:
+            report.error(f"{name}: {len(paths)} reference photo(s); {hint}")
+        return
+    for k in range(1, min_references + 1):
+        if k not in numbers:
+            report.error(f"{name}/img_{k}.jpg: missing; {hint}")
+    gaps = [f"img_{k}.jpg" for k in range(min_references + 1, max(numbers)) if k not in numbers]
+    if gaps:
+        report.warn(f"{name}: {', '.join(gaps)} missing, a gap in the numbering (found "
+                    f"{found}); check that no photo was lost")
+
+
+def _references(folder: pathlib.Path, name: str, report: Report,
+                min_references: int = MIN_REFERENCES) -> list[pathlib.Path]:
     """Readable reference photos of one sample; problems go to the report."""
     if not folder.is_dir():
         report.error(f"{name}: folder missing; every sample needs its reference photos "
@@ -150,6 +189,7 @@ def _references(folder: pathlib.Path, name: str, report: Report) -> list[pathlib
     if not paths:
         report.error(f"{name}: no reference photos (*.jpg) found")
         return []
+    _check_numbering(paths, name, min_references, report)
     readable = []
     for path in paths:
         try:
@@ -161,15 +201,22 @@ def _references(folder: pathlib.Path, name: str, report: Report) -> list[pathlib
     return readable
 
 
-def load_dataset(root: str | pathlib.Path, *,
-                 check_videos: bool = True) -> tuple[list[VideoRecord], Report]:
+def load_dataset(root: str | pathlib.Path, *, check_videos: bool = True,
+                 min_references: int = MIN_REFERENCES) -> tuple[list[VideoRecord], Report]:
     """Read and validate a split → (records sorted by video_id, report).
 
     check_videos: decode the first and last frame of each video and count its packets (catches
     truncated files; reads every mp4 once). False reads only the mp4 headers (frame count,
     size), which is enough for the frame-range and clipping checks.
+    min_references: reference photos each sample must have (img_1..img_<min_references>);
+    each missing one is an error naming the file. Lower it to accept fewer (K-shot). A video
+    with fewer photos is still returned (with the error), like one with an unreadable photo.
     Never raises on bad content: see `report.ok` / `report.raise_if_errors()`.
+    ValueError when min_references < 1.
     """
+    if isinstance(min_references, bool) or not isinstance(min_references, int) \
+            or min_references < 1:
+        raise ValueError(f"min_references must be an integer >= 1, got {min_references!r}")
     root = pathlib.Path(root)
     report = Report(root=str(root.absolute()), videos_checked=check_videos)
     samples = root / SAMPLES_DIR
@@ -198,7 +245,8 @@ def load_dataset(root: str | pathlib.Path, *,
 
     records = []
     for folder in folders:
-        record = _load_sample(folder, raw_boxes.get(folder.name, []), check_videos, report)
+        record = _load_sample(folder, raw_boxes.get(folder.name, []), check_videos,
+                              min_references, report)
         if record is not None:
             records.append(record)
     report.num_videos = len(records)
@@ -211,7 +259,7 @@ def load_dataset(root: str | pathlib.Path, *,
 
 
 def _load_sample(folder: pathlib.Path, raw_boxes: list, check_videos: bool,
-                 report: Report) -> VideoRecord | None:
+                 min_references: int, report: Report) -> VideoRecord | None:
     """The record of one sample folder, or None (with errors reported) if it is unusable."""
     name = f"{SAMPLES_DIR}/{folder.name}"
     video_path = folder / VIDEO_FILE
@@ -223,7 +271,8 @@ def _load_sample(folder: pathlib.Path, raw_boxes: list, check_videos: bool,
             info = (video_io.check_video if check_videos else video_io.video_info)(video_path)
         except video_io.VideoError as e:
             report.error(f"{name}/{VIDEO_FILE}: {e.reason}")
-    references = _references(folder / REFERENCES_DIR, f"{name}/{REFERENCES_DIR}", report)
+    references = _references(folder / REFERENCES_DIR, f"{name}/{REFERENCES_DIR}", report,
+                             min_references)
     if info is None:
         if raw_boxes:
             report.warn(f"{name}: its {len(raw_boxes)} boxes are not checked because the "
@@ -248,10 +297,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate.add_argument("root", help="split folder holding samples/ and annotations/")
     validate.add_argument("--no-video-check", action="store_true",
                           help="read only the mp4 headers; do not decode (faster)")
+    validate.add_argument("--min-references", type=int, default=MIN_REFERENCES, metavar="K",
+                          help="reference photos each sample must have (img_1..img_K); "
+                          f"default {MIN_REFERENCES}, lower it for K-shot data")
     validate.add_argument("--max-items", type=int, default=25,
                           help="list at most this many errors and warnings each")
     args = parser.parse_args(argv)
-    _, report = load_dataset(args.root, check_videos=not args.no_video_check)
+    if args.min_references < 1:
+        parser.error(f"--min-references must be >= 1, got {args.min_references}")
+    _, report = load_dataset(args.root, check_videos=not args.no_video_check,
+                             min_references=args.min_references)
     print(report.format(max_items=args.max_items))
     return 0 if report.ok else 1
 

@@ -2,7 +2,7 @@
 
 CIoU follows ultralytics/utils/loss.py `BboxLoss`; Wise-IoU follows Tong et al. 2023,
 "Wise-IoU: Bounding Box Regression Loss with Dynamic Focusing Mechanism", and the authors'
-code (Instinct323/wiou, `iou.py`). LOSSES.md §4 has the formulas and the constants.
+code (Instinct323/wiou, `iou.py`). docs/losses.md §4 has the formulas and the constants.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ def bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Elementwise binary cross-entropy with logits, stable for any logit.
 
     ``max(x, 0) − x·t + log1p(exp(−|x|))`` (the form of torch's BCEWithLogits): finite value
-    and gradient for logits of ±1e4 and beyond (LOSSES.md §8.5).
+    and gradient for logits of ±1e4 and beyond (docs/losses.md §7.5).
 
     Args:
       logits: [...] f32; targets: [...] f32 in [0, 1].

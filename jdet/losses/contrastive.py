@@ -2,13 +2,13 @@
 
 SupCon follows Khosla et al. 2020 ("Supervised Contrastive Learning") and the authors' code
 (HobbitLong/SupContrast `losses.py`); CPE follows Sun et al. 2021 (FSCE, megvii-research/FSCE
-`contrastive_loss.py`) and the original project's simplified/full variants (REFERENCE.md §3,
-LOSSES.md §5).
+`contrastive_loss.py`) and the original project's simplified/full variants (docs/original.md §3,
+docs/losses.md §5).
 
 Every log-sum-exp here runs over exactly the set it sums (valid entries only: masked entries
 are filled with a large finite negative and double-`where`d) and is shifted by the max *of
 that set*, so the shifted sum is ≥ 1 whenever the set is non-empty. The 1e-6 clamp before the
-log (clamp, never ``+eps``; logits are never clamped: LOSSES.md §8.2–4, §8.8) then only
+log (clamp, never ``+eps``; logits are never clamped: docs/losses.md §7.2–§7.4, §7.8) then only
 guards empty sets, whose rows are excluded from the mean.
 
 Why not the references' shift: SupContrast, FSCE and the original subtract the row max
@@ -28,16 +28,10 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from jdet.dtypes import at_least_f32
+from jdet.dtypes import at_least_f32, l2_normalize
 
 NEG = -1e9  # finite "minus infinity" for masked logits (f32; never use in float16)
 LOG_CLAMP = 1e-6
-
-
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-    """x / ‖x‖ with a finite gradient at x = 0 (rsqrt of a clamped square norm, §8.1)."""
-    sq = jnp.sum(jnp.square(at_least_f32(x)), axis=axis, keepdims=True)
-    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
 def _masked_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
@@ -117,7 +111,7 @@ def prototype_contrastive_loss(
 ) -> jax.Array:
     """Cross-entropy of cosine(query, prototypes)/τ against each query's class.
 
-    The original's stage-2 "supcon" when prototypes exist (REFERENCE.md §3). Padded
+    The original's stage-2 "supcon" when prototypes exist (docs/original.md §3). Padded
     prototypes get a large negative finite logit, never −inf.
 
     Args:
@@ -172,7 +166,7 @@ def cpe_loss(
 ) -> jax.Array:
     """Contrastive proposal encoding loss.
 
-    Variants (LOSSES.md §5):
+    Variants (docs/losses.md §5):
       - "simplified" (the original's default): per valid anchor with ≥1 positive (same label,
         j ≠ i), ``−log(Σ_pos e^s / Σ_{pos∪neg} e^s)``, each log-sum-exp shifted by its own set's
         max (the original shares the pos ∪ neg max and clamps both sums at 1e-6, which binds

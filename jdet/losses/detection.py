@@ -24,10 +24,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from jdet.dtypes import at_least_f32
-
 from jdet.assign import Assignment, center_assign, task_aligned_assign
 from jdet.boxes import bbox2dist, bbox_iou, dist2bbox
+from jdet.dtypes import at_least_f32
 from jdet.losses.box import WIoUState, ciou_loss, wiou_loss
 from jdet.losses.cls import cls_loss
 from jdet.losses.contrastive import (
@@ -47,7 +46,7 @@ TERM_NAMES = ("box", "cls", "dfl", "supcon", "cpe", "triplet")
 class LossConfig:
     """Static loss settings (hashable: safe as a jit static argument).
 
-    The defaults are the original RefDet's choices (REFERENCE.md §3): 17 DFL bins summed over
+    The defaults are the original RefDet's choices (docs/original.md §3): 17 DFL bins summed over
     the 4 sides, Wise-IoU v2 with α 1.7 / δ 2.7 / μ 0.01, task-aligned assignment (jdet's fix
     of the original's centre rule). `LossConfig.ultralytics()` gives v8DetectionLoss parity.
     """
@@ -126,7 +125,9 @@ def _assign(cfg, cls_logits, pred_boxes_px, anchors_px, batch, class_mask):
             alpha=cfg.tal_alpha,
             beta=cfg.tal_beta,
         )
-    return center_assign(anchors_px, batch["labels"], batch["boxes"], batch["box_mask"], num_classes)
+    return center_assign(
+        anchors_px, batch["labels"], batch["boxes"], batch["box_mask"], num_classes
+    )
 
 
 def _sample_foreground(assign: Assignment, k: int):
@@ -203,7 +204,9 @@ def loss_terms(
     pred_boxes = dist2bbox(ltrb, anchors[None])  # [B, A, 4] grid units
     # Padded ways can never be predicted: their logits only enter the assigner as prob 0 and
     # are excluded from BCE.
-    assign = _assign(cfg, cls_logits, pred_boxes * strides[None], anchors * strides, batch, class_mask)
+    assign = _assign(
+        cfg, cls_logits, pred_boxes * strides[None], anchors * strides, batch, class_mask
+    )
     target_boxes = assign.boxes / strides[None]  # [B, A, 4] grid units
     fg = assign.fg_mask
     score_sum = jnp.maximum(assign.scores.sum(), 1.0)
@@ -212,7 +215,7 @@ def loss_terms(
     terms: dict[str, jax.Array] = {}
     terms["cls"] = cls_loss(cls_logits, assign.scores, class_mask)
 
-    # Safe targets for background anchors (their loss is masked; LOSSES.md §8.2).
+    # Safe targets for background anchors (their loss is masked; docs/losses.md §7.2).
     fg3 = fg[..., None]
     safe_target = jnp.where(fg3, target_boxes, jnp.concatenate([anchors - 1, anchors + 1], -1))
     safe_pred = jnp.where(fg3, pred_boxes, jnp.concatenate([anchors - 1, anchors + 1], -1))
@@ -238,7 +241,9 @@ def loss_terms(
     terms["dfl"] = jnp.where(fg, per_anchor * weight, 0.0).sum() / score_sum
 
     if "embed" in outputs:
-        terms.update(_contrastive_terms(outputs, batch, cfg, assign, pred_boxes, target_boxes, class_mask))
+        terms.update(
+            _contrastive_terms(outputs, batch, cfg, assign, pred_boxes, target_boxes, class_mask)
+        )
     if "triplet_embed" in outputs:
         terms["triplet"] = batch_hard_triplet_loss(
             at_least_f32(outputs["triplet_embed"]),

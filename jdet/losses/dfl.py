@@ -4,7 +4,7 @@ Follows ultralytics/utils/loss.py `DFLoss`: the target distance y (in bins) is s
 its two nearest bins with weights (⌊y⌋+1−y, y−⌊y⌋), and the loss is the cross-entropy of the
 predicted bin distribution against that two-hot target. The original project cast y to int
 (no interpolation) and used −log(softmax + 1e-7); here y stays float and the log comes from
-`log_softmax` (LOSSES.md §8.5, §8.10).
+`log_softmax` (docs/losses.md §7.5, §7.10).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Batch-hard mining follows Hermans et al. 2017, "In Defense of the Triplet Loss". Cosine
 distance needs no sqrt, so identical embeddings (the batch-hard diagonal) are safe; zero
-embeddings are normalised with a clamped norm (LOSSES.md §8.1).
+embeddings are normalised with a clamped norm (docs/losses.md §7.1).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from jdet.losses.contrastive import _masked_mean, l2_normalize
+from jdet.dtypes import l2_normalize
+from jdet.losses.contrastive import _masked_mean
 
 
 def cosine_distance(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -37,7 +38,9 @@ def triplet_loss(
     chex.assert_rank(anchor, 2)
     n = anchor.shape[0]
     mask = jnp.ones((n,), bool) if mask is None else mask.astype(bool)
-    per = jax.nn.relu(cosine_distance(anchor, positive) - cosine_distance(anchor, negative) + margin)
+    per = jax.nn.relu(
+        cosine_distance(anchor, positive) - cosine_distance(anchor, negative) + margin
+    )
     return _masked_mean(per, mask.astype(jnp.float32))
 
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jdet.models import convert_hf
 from jdet.models.yolo import YOLOv8
 
 # Buffers that carry no information for jdet.
@@ -49,8 +50,12 @@ def _torch_to_yolo_path(name: str) -> tuple[str, tuple[str, ...]] | None:
             path.append(p)
             i += 1
     if path[-1] == "bn":
-        leaf_map = {"weight": ("params", "scale"), "bias": ("params", "bias"),
-                    "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+        leaf_map = {
+            "weight": ("params", "scale"),
+            "bias": ("params", "bias"),
+            "running_mean": ("batch_stats", "mean"),
+            "running_var": ("batch_stats", "var"),
+        }
         if leaf not in leaf_map:
             return None
         collection, leaf_name = leaf_map[leaf]
@@ -88,7 +93,9 @@ def check_and_unflatten(
 
     def source(collection, key):
         name = origin.get((collection, key))
-        return f"{name} (→ {collection}/{'/'.join(key)})" if name else f"{collection}/{'/'.join(key)}"
+        return (
+            f"{name} (→ {collection}/{'/'.join(key)})" if name else f"{collection}/{'/'.join(key)}"
+        )
 
     problems = []
     for collection, leaves in expected.items():
@@ -108,7 +115,9 @@ def check_and_unflatten(
     if problems:
         raise ValueError(f"{what}: cannot convert weights:\n  " + "\n  ".join(problems))
     return {
-        c: traverse_util.unflatten_dict({k: jnp.asarray(v, jnp.float32) for k, v in provided[c].items()})
+        c: traverse_util.unflatten_dict(
+            {k: jnp.asarray(v, jnp.float32) for k, v in provided[c].items()}
+        )
         for c in expected
     }
 
@@ -155,13 +164,9 @@ def yolo_from_torch(
 
 def dinov2_from_safetensors(path, variant=None):
     """Hugging Face Dinov2Model safetensors → ViT params (see jdet/models/convert_hf.py)."""
-    from jdet.models import convert_hf
-
     return convert_hf.dinov2_from_safetensors(path, variant)
 
 
 def dinov3_from_safetensors(path, variant=None):
     """Hugging Face DINOv3ViTModel safetensors → ViT params (see jdet/models/convert_hf.py)."""
-    from jdet.models import convert_hf
-
     return convert_hf.dinov3_from_safetensors(path, variant)

@@ -6,7 +6,7 @@
   phase matmuls instead of XLA:CPU's zero-dilated convolution.
 
 Same values, variables and gradients as Flax's modules (tests/test_fast_path.py); measured
-effect on the YOLOv8n train step in README "Benchmarks".
+effect on the YOLOv8n train step in docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -50,7 +50,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jdet.models.onednn_conv import OneDnnConv, use_onednn
+from jdet.dtypes import l2_normalize
+from jdet.models.impl import LayerImpl
+from jdet.models.onednn_conv import OneDnnConv
 
 Dtype = Any
 
@@ -58,17 +60,6 @@ SCALE_NAMES = ("p2", "p3", "p4", "p5")
 TORCH_BN_EPS = 1e-5  # torch nn.BatchNorm2d defaults, as the original uses them
 TORCH_BN_MOMENTUM = 0.9  # flax convention: ra = m·ra + (1 − m)·batch; torch momentum 0.1
 TORCH_LN_EPS = 1e-5  # torch nn.LayerNorm default
-
-
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-    """``x / max(‖x‖, eps)`` along ``axis`` (torch ``F.normalize``), computed in float32.
-
-    Written as ``x · rsqrt(max(Σx², eps²))`` so that the gradient at x = 0 is finite (zero), not
-    NaN: padded, all-zero prototypes must not poison the backward pass. Returns x's dtype.
-    """
-    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    sq = jnp.sum(x32 * x32, axis=axis, keepdims=True)
-    return (x32 * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))).astype(x.dtype)
 
 
 def conv2d(
@@ -79,11 +70,12 @@ def conv2d(
     groups: int = 1,
     use_bias: bool = True,
     dtype: Dtype = jnp.float32,
+    impl: LayerImpl = LayerImpl(),
     name: str | None = None,
 ) -> nn.Conv:
     """torch ``nn.Conv2d(..., kernel, stride, padding=kernel // 2, groups)`` as a flax Conv
-    (through oneDNN on XLA:CPU when `use_onednn` says so: same parameters)."""
-    if groups == 1 and use_onednn(dtype):
+    (through oneDNN on XLA:CPU when `impl.onednn` says so: same parameters)."""
+    if groups == 1 and impl.onednn(dtype):
         return OneDnnConv(features, kernel, stride, use_bias=use_bias, name=name)
     pad = kernel // 2
     return nn.Conv(
@@ -138,17 +130,19 @@ class PyramidEnrichment(nn.Module):
 
     channels: Sequence[int]
     dtype: Dtype = jnp.float32
+    impl: LayerImpl = LayerImpl()
 
     @nn.compact
     def __call__(self, features: Sequence[jax.Array], train: bool = False) -> list[jax.Array]:
         n = len(self.channels)
-        kw = dict(dtype=self.dtype)
+        kw = dict(dtype=self.dtype, impl=self.impl)
         for fine, coarse in itertools.pairwise(features):
             if fine.shape[1:3] != (2 * coarse.shape[1], 2 * coarse.shape[2]):
                 # The original's top-down sum fails on such inputs too; its adaptive-pool branch
                 # in the bottom-up pass is unreachable once the top-down pass succeeds.
                 raise ValueError(
-                    f"pyramid levels must halve exactly, got {fine.shape[1:3]} → {coarse.shape[1:3]}"
+                    "pyramid levels must halve exactly, got "
+                    f"{fine.shape[1:3]} → {coarse.shape[1:3]}"
                 )
         # Top-down: coarse semantics into finer levels (1×1 channel align, then upsample).
         td = [features[-1]]
@@ -185,12 +179,14 @@ class ShortLongConv(nn.Module):
     short_kernel: int = 3
     long_kernel: int = 7
     dtype: Dtype = jnp.float32
+    impl: LayerImpl = LayerImpl()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
-        z = conv2d(c, self.short_kernel, groups=c, dtype=self.dtype, name="short_conv")(x)
-        return conv2d(c, self.long_kernel, groups=c, dtype=self.dtype, name="long_conv")(nn.silu(z))
+        kw = dict(dtype=self.dtype, impl=self.impl)
+        z = conv2d(c, self.short_kernel, groups=c, **kw, name="short_conv")(x)
+        return conv2d(c, self.long_kernel, groups=c, **kw, name="long_conv")(nn.silu(z))
 
 
 class SupportModulatedAttention(nn.Module):
@@ -205,6 +201,7 @@ class SupportModulatedAttention(nn.Module):
     head_count: int = 1
     use_conv_preprocessing: bool = True
     dtype: Dtype = jnp.float32
+    impl: LayerImpl = LayerImpl()
 
     @nn.compact
     def __call__(self, x: jax.Array, support: jax.Array) -> jax.Array:
@@ -213,15 +210,16 @@ class SupportModulatedAttention(nn.Module):
         if self.key_channels % heads or self.value_channels % heads:
             raise ValueError(f"key/value channels must be divisible by head_count={heads}")
         kw = dict(dtype=self.dtype)
+        ck = dict(kw, impl=self.impl)  # modules with convolutions
         q_in, k_in = x, x
         if self.use_conv_preprocessing:
-            q_in = ShortLongConv(**kw, name="q_preprocessor")(x)
-            k_in = ShortLongConv(**kw, name="k_preprocessor")(x)
+            q_in = ShortLongConv(**ck, name="q_preprocessor")(x)
+            k_in = ShortLongConv(**ck, name="k_preprocessor")(x)
         f32 = jnp.float32
         # Channel index = head · d + j, as torch's reshape(B, heads, d, H·W) of NCHW gives.
-        queries = conv2d(self.key_channels, 1, **kw, name="queries")(q_in)
-        keys = conv2d(self.key_channels, 1, **kw, name="keys")(k_in)
-        values = conv2d(self.value_channels, 1, **kw, name="values")(x)
+        queries = conv2d(self.key_channels, 1, **ck, name="queries")(q_in)
+        keys = conv2d(self.key_channels, 1, **ck, name="keys")(k_in)
+        values = conv2d(self.value_channels, 1, **ck, name="values")(x)
         queries = queries.reshape(b, h * w, heads, -1).astype(f32)  # [B, N, heads, dk]
         keys = keys.reshape(b, h * w, heads, -1).astype(f32)
         values = values.reshape(b, h * w, heads, -1).astype(f32)  # [B, N, heads, dv]
@@ -237,7 +235,7 @@ class SupportModulatedAttention(nn.Module):
         )(gate)
         gate = jax.nn.sigmoid(gate.astype(f32))[:, None, None, :]  # [B, 1, 1, Cv]
         modulated = (attended * gate).astype(self.dtype)
-        return conv2d(c, 1, **kw, name="reprojection")(modulated)
+        return conv2d(c, 1, **ck, name="reprojection")(modulated)
 
 
 class PSALMFusion(nn.Module):
@@ -249,6 +247,7 @@ class PSALMFusion(nn.Module):
       num_heads: attention heads per scale, capped at C // 16.
       use_pyramid, use_conv_preprocessing: the original's ablation switches (default on).
       dtype: compute dtype (parameters stay float32).
+      impl: which code the convolutions trace to (jdet.models.impl).
 
     ``__call__(query, support, train=False)``:
       query: {"p2": [B, H, W, 32], "p3": [B, H/2, W/2, 64], ...} float, the last
@@ -265,6 +264,7 @@ class PSALMFusion(nn.Module):
     use_pyramid: bool = True
     use_conv_preprocessing: bool = True
     dtype: Dtype = jnp.float32
+    impl: LayerImpl = LayerImpl()
 
     @property
     def scales(self) -> tuple[str, ...]:
@@ -287,7 +287,7 @@ class PSALMFusion(nn.Module):
                 got = None if s not in support else support[s].shape
                 raise ValueError(f"support[{s!r}] must be [B, {c}], got {got}")
         feats = [query[s].astype(self.dtype) for s in self.scales]
-        kw = dict(dtype=self.dtype)
+        kw = dict(dtype=self.dtype, impl=self.impl)
 
         if support is None:  # bypass: refinement + residual only
             attended = feats
@@ -357,5 +357,5 @@ def select_fusion_prototypes(
             valid = support_mask[..., None]
             total = jnp.sum(jnp.where(valid, p, 0), axis=1)  # where, not ×: padding may be NaN
             count = jnp.maximum(jnp.sum(valid, axis=1), 1).astype(p.dtype)
-            out[s] = l2_normalize(total / count)
+            out[s] = l2_normalize(total / count, keep_dtype=True)
     return out

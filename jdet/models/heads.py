@@ -38,14 +38,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jdet.dtypes import l2_normalize
 from jdet.models.fusion import (
     SCALE_NAMES,
     TORCH_BN_EPS,
     TORCH_BN_MOMENTUM,
     TORCH_LN_EPS,
     conv2d,
-    l2_normalize,
 )
+from jdet.models.impl import LayerImpl
 from jdet.models.layers import ConvBNAct, DetectBranch
 
 Dtype = Any
@@ -74,12 +75,12 @@ class PrototypeProjections(nn.Module):
 
     @nn.compact
     def __call__(self, cls: jax.Array) -> dict[str, jax.Array]:
-        x = l2_normalize(cls).astype(self.dtype)
+        x = l2_normalize(cls, keep_dtype=True).astype(self.dtype)
         out = {}
         for s, d in zip(SCALE_NAMES[len(SCALE_NAMES) - len(self.dims) :], self.dims):
             y = nn.Dense(d, dtype=self.dtype, name=f"proj_{s}_0")(x)
             y = _layer_norm(self.dtype, f"proj_{s}_1")(y)
-            out[s] = l2_normalize(nn.gelu(y, approximate=False))
+            out[s] = l2_normalize(nn.gelu(y, approximate=False), keep_dtype=True)
         return out
 
 
@@ -97,22 +98,41 @@ class TripletProjection(nn.Module):
 
     @nn.compact
     def __call__(self, cls: jax.Array) -> jax.Array:
-        x = l2_normalize(cls).astype(self.dtype)
+        x = l2_normalize(cls, keep_dtype=True).astype(self.dtype)
         x = nn.Dense(self.dim, dtype=self.dtype, name="triplet_proj_0")(x)
         return _layer_norm(self.dtype, "triplet_proj_1")(x)
 
 
-def ConvBN(features: int, kernel: int = 1, dtype: Dtype = jnp.float32, name: str | None = None):
+def ConvBN(
+    features: int,
+    kernel: int = 1,
+    dtype: Dtype = jnp.float32,
+    impl: LayerImpl = LayerImpl(),
+    name: str | None = None,
+):
     """dual_head.py ``Conv``: Conv2d(k, pad k//2, no bias) → BatchNorm2d (torch eps) → SiLU."""
     return ConvBNAct(
-        features, kernel, dtype=dtype, bn_eps=TORCH_BN_EPS, bn_momentum=TORCH_BN_MOMENTUM, name=name
+        features,
+        kernel,
+        dtype=dtype,
+        bn_eps=TORCH_BN_EPS,
+        bn_momentum=TORCH_BN_MOMENTUM,
+        impl=impl,
+        name=name,
     )
 
 
-def Branch(hidden: int, out: int, bias_init: float, dtype: Dtype, name: str):
+def Branch(hidden: int, out: int, bias_init: float, dtype: Dtype, impl: LayerImpl, name: str):
     """``Sequential(Conv 3×3, Conv 3×3, Conv2d 1×1 with bias)``: one box or class branch."""
     return DetectBranch(
-        hidden, out, bias_init, dtype, bn_eps=TORCH_BN_EPS, bn_momentum=TORCH_BN_MOMENTUM, name=name
+        hidden,
+        out,
+        bias_init,
+        dtype,
+        bn_eps=TORCH_BN_EPS,
+        bn_momentum=TORCH_BN_MOMENTUM,
+        impl=impl,
+        name=name,
     )
 
 
@@ -132,6 +152,7 @@ class StandardDetectionHead(nn.Module):
     num_bins: int = 17
     strides: Sequence[int] = DEFAULT_STRIDES
     dtype: Dtype = jnp.float32
+    impl: LayerImpl = LayerImpl()
 
     @nn.compact
     def __call__(self, feats: Sequence[jax.Array], train: bool = False):
@@ -141,9 +162,9 @@ class StandardDetectionHead(nn.Module):
         for i, (f, s) in enumerate(zip(feats, self.strides)):
             prior = math.log(5 / self.nc / (640 / s) ** 2)  # ultralytics Detect.bias_init
             boxes.append(
-                Branch(c_box, 4 * self.num_bins, 1.0, self.dtype, name=f"cv2_{i}")(f, train)
+                Branch(c_box, 4 * self.num_bins, 1.0, self.dtype, self.impl, f"cv2_{i}")(f, train)
             )
-            cls.append(Branch(c_cls, self.nc, prior, self.dtype, name=f"cv3_{i}")(f, train))
+            cls.append(Branch(c_cls, self.nc, prior, self.dtype, self.impl, f"cv3_{i}")(f, train))
         return boxes, cls
 
 
@@ -152,8 +173,8 @@ class PrototypeDetectionHead(nn.Module):
 
     Per scale: ``z = Conv2d1×1(Conv(x))`` to the prototype width, ``sim = temperature ·
     cos(z, prototype_n)`` for every way n, plus its own box branch. ``temperature`` is one
-    learnable scalar (``temperature_init``, 10.0), shared by all scales. With ``logit_bias`` (not in the
-    original) each scale adds a learnable bias initialised to ultralytics' class prior
+    learnable scalar (``temperature_init``, 10.0), shared by all scales. With ``logit_bias``
+    (not in the original) each scale adds a learnable bias initialised to ultralytics' class prior
     ``log(5 / (640 / s)²)`` (one class): background anchors then start near probability 0
     instead of sigmoid(10·cos) ≈ 0.5, which is what makes the original's cls term start in
     the thousands and its scores rise slowly.
@@ -171,6 +192,7 @@ class PrototypeDetectionHead(nn.Module):
     logit_bias: bool = False
     strides: Sequence[int] = DEFAULT_STRIDES
     dtype: Dtype = jnp.float32
+    impl: LayerImpl = LayerImpl()
 
     @nn.compact
     def __call__(self, feats, prototypes, support_mask, train: bool = False):
@@ -181,12 +203,14 @@ class PrototypeDetectionHead(nn.Module):
         for i, (f, proto, d) in enumerate(zip(feats, prototypes, self.proto_dims)):
             if proto.shape[-1] != d:
                 raise ValueError(f"prototypes at scale {i} must have {d} dims, got {proto.shape}")
-            z = ConvBN(d, 1, self.dtype, name=f"feature_proj_{i}_0")(f, train)
-            z = conv2d(d, 1, dtype=self.dtype, name=f"feature_proj_{i}_1")(z)
-            z = l2_normalize(z.astype(jnp.float32))  # [B, H, W, D]
+            z = ConvBN(d, 1, self.dtype, self.impl, name=f"feature_proj_{i}_0")(f, train)
+            z = conv2d(d, 1, dtype=self.dtype, impl=self.impl, name=f"feature_proj_{i}_1")(z)
+            z = l2_normalize(z.astype(jnp.float32), keep_dtype=True)  # [B, H, W, D]
             proto = jnp.broadcast_to(proto, (f.shape[0], *proto.shape[-2:])).astype(jnp.float32)
             # Zero the padded ways first: whatever they hold (even NaN) then gets no gradient.
-            p = l2_normalize(jnp.where(support_mask[:, :, None], proto, 0.0))  # [B, N, D]
+            p = l2_normalize(
+                jnp.where(support_mask[:, :, None], proto, 0.0), keep_dtype=True
+            )  # [B, N, D]
             sim = jnp.einsum("bhwd,bnd->bhwn", z, p) * temperature
             if self.logit_bias:
                 prior = math.log(5 / (640 / self.strides[i]) ** 2)  # ultralytics Detect.bias_init
@@ -194,7 +218,7 @@ class PrototypeDetectionHead(nn.Module):
             sims.append(jnp.where(support_mask[:, None, None, :], sim, MASKED_LOGIT))
             embeds.append(z)
             boxes.append(
-                Branch(c_box, 4 * self.num_bins, 1.0, self.dtype, name=f"cv2_{i}")(f, train)
+                Branch(c_box, 4 * self.num_bins, 1.0, self.dtype, self.impl, f"cv2_{i}")(f, train)
             )
         return boxes, sims, embeds
 
@@ -211,6 +235,7 @@ class DualDetectionHead(nn.Module):
       logit_bias: a learnable per-scale bias on the prototype logits, prior-initialised (not in
         the original; see PrototypeDetectionHead).
       dtype: compute dtype (parameters stay float32).
+      impl: which code the convolutions trace to (jdet.models.impl).
 
     ``__call__(features, prototypes=None, support_mask=None, train=False)``:
       features: {"p2": [B, H/4, W/4, 128], "p3": [B, H/8, W/8, 256], "p4": [..., 512],
@@ -235,6 +260,7 @@ class DualDetectionHead(nn.Module):
     temperature_init: float = 10.0
     logit_bias: bool = False
     dtype: Dtype = jnp.float32
+    impl: LayerImpl = LayerImpl()
 
     @property
     def scales(self) -> tuple[str, ...]:
@@ -259,7 +285,12 @@ class DualDetectionHead(nn.Module):
         out: dict[str, list[jax.Array]] = {}
         if self.nc_base > 0:
             boxes, cls = StandardDetectionHead(
-                self.nc_base, self.num_bins, self.strides, self.dtype, name="standard_head"
+                self.nc_base,
+                self.num_bins,
+                self.strides,
+                self.dtype,
+                self.impl,
+                name="standard_head",
             )(feats, train)
             out.update(standard_boxes=boxes, standard_cls=cls)
         if prototypes is not None:
@@ -273,6 +304,7 @@ class DualDetectionHead(nn.Module):
                 self.logit_bias,
                 self.strides,
                 self.dtype,
+                self.impl,
                 name="prototype_head",
             )(feats, protos, support_mask.astype(bool), train)
             out.update(prototype_boxes=boxes, prototype_sim=sims, prototype_features=embeds)

@@ -8,22 +8,16 @@ names (`conv`, `bn`, `cv1`, `cv2`, `m_0` …) so conversion is a renaming.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jdet.models.fast_layers import (  # noqa: F401 - re-exported: the fast path's ops
-    FastBatchNorm,
-    StridedConv3x3,
-    _conv_s2,
-    bn_act_train,
-    conv3x3_s2,
-)
-from jdet.models.onednn_conv import OneDnnConv, use_onednn
+from jdet.models.fast_layers import FastBatchNorm, StridedConv3x3
+from jdet.models.impl import LayerImpl
+from jdet.models.onednn_conv import OneDnnConv
 
 Dtype = Any
 
@@ -40,34 +34,12 @@ def make_divisible(x: float, divisor: int = 8) -> int:
 # The training step on CPU spends as much time in BatchNorm + SiLU (several elementwise passes
 # forward, more in autodiff's backward) and in the max-pool gradient (select-and-scatter) as in
 # many convolutions. The "fast" implementations below compute the same float32 functions with
-# hand-written gradients that touch each activation fewer times (scripts/profile_step.py
+# hand-written gradients that touch each activation fewer times (`python -m benchmarks profile ab`
 # measures them; tests/test_fast_path.py checks values and gradients against the plain ones).
-# `layer_impl("plain")` switches back to Flax's own modules (same parameters and names).
-
-_IMPL = {"value": "fast"}
-# Parts of the fast path that can be turned off one by one (scripts/profile_step.py ab
-# --b fast-maxpool measures each one's share).
-_FAST_OPTS = {"bn_act": True, "maxpool": True, "s2grad": True}
+# `LayerImpl(fast=False)` (jdet.models.impl) uses Flax's own modules (same parameters and names).
 
 
-@contextlib.contextmanager
-def layer_impl(impl: str) -> Iterator[None]:
-    """Within the block, layers built/traced use "plain" (Flax's modules) or "fast" code."""
-    if impl not in ("plain", "fast"):
-        raise ValueError(f"layer impl must be 'plain' or 'fast', got {impl!r}")
-    old = _IMPL["value"]
-    _IMPL["value"] = impl
-    try:
-        yield
-    finally:
-        _IMPL["value"] = old
-
-
-def _fast() -> bool:
-    return _IMPL["value"] == "fast"
-
-
-def max_pool_same(x: jax.Array, size: int) -> jax.Array:
+def max_pool_same(x: jax.Array, size: int, impl: LayerImpl = LayerImpl()) -> jax.Array:
     """Stride-1 "same" max-pool (−inf padding) over H, W of [B, H, W, C].
 
     Fast path: separable maxima of shifted slices (W then H) whose gradient is elementwise
@@ -76,7 +48,7 @@ def max_pool_same(x: jax.Array, size: int) -> jax.Array:
     valid subgradients; ties do not occur for continuous activations).
     """
     pad = size // 2
-    if not (_fast() and _FAST_OPTS["maxpool"]):
+    if not impl.uses("maxpool"):
         return nn.max_pool(x, (size, size), strides=(1, 1), padding=((pad, pad), (pad, pad)))
     h, w = x.shape[1], x.shape[2]
     xp = jnp.pad(x, ((0, 0), (0, 0), (pad, pad), (0, 0)), constant_values=-jnp.inf)
@@ -99,7 +71,10 @@ class PointwiseConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features), jnp.float32
+            "kernel",
+            nn.initializers.lecun_normal(),
+            (1, 1, x.shape[-1], self.features),
+            jnp.float32,
         )
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         return jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
@@ -120,11 +95,12 @@ class ConvBNAct(nn.Module):
     dtype: Dtype = jnp.float32
     bn_eps: float = BN_EPS
     bn_momentum: float = BN_MOMENTUM
+    impl: LayerImpl = LayerImpl()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         pad = self.kernel // 2
-        if _fast() and self.groups == 1 and use_onednn(self.dtype, x.dtype):
+        if self.groups == 1 and self.impl.onednn(self.dtype, x.dtype):
             # oneDNN's convolutions and gradients on XLA:CPU (jdet.models.onednn_conv), 1×1
             # included (faster there than XLA's dot). Same parameter.
             x = OneDnnConv(self.features, self.kernel, self.stride, name="conv")(x)
@@ -133,8 +109,7 @@ class ConvBNAct(nn.Module):
             # dot than as a convolution (YOLOv8n eval forward, batch 8, 320²). Same parameter.
             x = PointwiseConv(self.features, dtype=self.dtype, name="conv")(x)
         elif (
-            _fast()
-            and _FAST_OPTS["s2grad"]
+            self.impl.uses("s2grad")
             and (self.kernel, self.stride, self.groups) == (3, 2, 1)
             and x.shape[1] % 2 == 0
             and x.shape[2] % 2 == 0
@@ -153,7 +128,7 @@ class ConvBNAct(nn.Module):
                 dtype=self.dtype,
                 name="conv",
             )(x)
-        if _fast() and _FAST_OPTS["bn_act"] and jnp.dtype(self.dtype) == jnp.float32:
+        if self.impl.uses("bn_act") and jnp.dtype(self.dtype) == jnp.float32:
             return FastBatchNorm(
                 use_running_average=not train,
                 momentum=self.bn_momentum,
@@ -178,12 +153,13 @@ class Bottleneck(nn.Module):
     shortcut: bool = True
     expansion: float = 0.5
     dtype: Dtype = jnp.float32
+    impl: LayerImpl = LayerImpl()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         hidden = int(self.features * self.expansion)
-        y = ConvBNAct(hidden, 3, dtype=self.dtype, name="cv1")(x, train)
-        y = ConvBNAct(self.features, 3, dtype=self.dtype, name="cv2")(y, train)
+        y = ConvBNAct(hidden, 3, dtype=self.dtype, impl=self.impl, name="cv1")(x, train)
+        y = ConvBNAct(self.features, 3, dtype=self.dtype, impl=self.impl, name="cv2")(y, train)
         return x + y if self.shortcut and x.shape[-1] == self.features else y
 
 
@@ -195,19 +171,20 @@ class C2f(nn.Module):
     shortcut: bool = False
     expansion: float = 0.5
     dtype: Dtype = jnp.float32
+    impl: LayerImpl = LayerImpl()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         hidden = int(self.features * self.expansion)
-        y = ConvBNAct(2 * hidden, 1, dtype=self.dtype, name="cv1")(x, train)
+        y = ConvBNAct(2 * hidden, 1, dtype=self.dtype, impl=self.impl, name="cv1")(x, train)
         parts = [y[..., :hidden], y[..., hidden:]]
         for i in range(self.repeats):
             parts.append(
-                Bottleneck(hidden, self.shortcut, 1.0, dtype=self.dtype, name=f"m_{i}")(
-                    parts[-1], train
-                )
+                Bottleneck(
+                    hidden, self.shortcut, 1.0, dtype=self.dtype, impl=self.impl, name=f"m_{i}"
+                )(parts[-1], train)
             )
-        return ConvBNAct(self.features, 1, dtype=self.dtype, name="cv2")(
+        return ConvBNAct(self.features, 1, dtype=self.dtype, impl=self.impl, name="cv2")(
             jnp.concatenate(parts, axis=-1), train
         )
 
@@ -218,14 +195,15 @@ class SPPF(nn.Module):
     features: int
     pool: int = 5
     dtype: Dtype = jnp.float32
+    impl: LayerImpl = LayerImpl()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         hidden = x.shape[-1] // 2
-        y = [ConvBNAct(hidden, 1, dtype=self.dtype, name="cv1")(x, train)]
+        y = [ConvBNAct(hidden, 1, dtype=self.dtype, impl=self.impl, name="cv1")(x, train)]
         for _ in range(3):
-            y.append(max_pool_same(y[-1], self.pool))
-        return ConvBNAct(self.features, 1, dtype=self.dtype, name="cv2")(
+            y.append(max_pool_same(y[-1], self.pool, self.impl))
+        return ConvBNAct(self.features, 1, dtype=self.dtype, impl=self.impl, name="cv2")(
             jnp.concatenate(y, axis=-1), train
         )
 
@@ -244,15 +222,21 @@ class DetectBranch(nn.Module):
     dtype: Dtype = jnp.float32
     bn_eps: float = BN_EPS
     bn_momentum: float = BN_MOMENTUM
+    impl: LayerImpl = LayerImpl()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        bn = dict(dtype=self.dtype, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum)
+        bn = dict(
+            dtype=self.dtype, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, impl=self.impl
+        )
         x = ConvBNAct(self.hidden, 3, **bn, name="0")(x, train)
         x = ConvBNAct(self.hidden, 3, **bn, name="1")(x, train)
-        if _fast() and use_onednn(self.dtype, x.dtype):
+        if self.impl.onednn(self.dtype, x.dtype):
             return OneDnnConv(
-                self.out, 1, use_bias=True, bias_init=nn.initializers.constant(self.bias_init),
+                self.out,
+                1,
+                use_bias=True,
+                bias_init=nn.initializers.constant(self.bias_init),
                 name="2",
             )(x)
         return nn.Conv(

@@ -9,18 +9,19 @@ differ by float32 rounding only (tests/test_onednn_conv.py).
 Why: per layer shape of YOLOv8n at 320² (batch 8, 2-core AMD EPYC), oneDNN's forward + both
 gradients take 1.4–4.8× less time than XLA:CPU's (Eigen or YNNPACK) convolutions — most of
 all the strided and few-channel layers whose XLA input gradient is a slow zero-dilated
-convolution — and the weight gradient needs no layout transposes (README "Benchmarks").
+convolution — and the weight gradient needs no layout transposes (docs/benchmarks.md).
 
-When it is used is `conv_backend()`'s decision (``JDET_CPU_CONV``): see its docstring.
+When it is used is `conv_backend(choice)`'s decision: the model's `LayerImpl.conv` field
+(`jdet.models.impl`), whose default is the environment variable ``JDET_CPU_CONV``; see its
+docstring.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -28,36 +29,30 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jdet.native import onednn
+
 ENV = "JDET_CPU_CONV"
-_CHOICES = ("auto", "onednn", "xla")
-_OVERRIDE: dict = {"value": None}
+CHOICES = ("auto", "onednn", "xla")
+_WARNED: set[str] = set()  # "auto" fell back to XLA: said once per process
 
 
 def _env_choice() -> str:
     choice = os.environ.get(ENV, "auto").strip().lower() or "auto"
-    if choice not in _CHOICES:
-        raise ValueError(f"{ENV} must be one of {', '.join(_CHOICES)}, got {os.environ[ENV]!r}")
+    if choice not in CHOICES:
+        raise ValueError(f"{ENV} must be one of {', '.join(CHOICES)}, got {os.environ[ENV]!r}")
     return choice
 
 
-@contextlib.contextmanager
-def cpu_conv(choice: str) -> Iterator[None]:
-    """Within the block, models traced use this convolution backend ("auto", "onednn", "xla"),
-    over ``JDET_CPU_CONV``; see `conv_backend`."""
-    if choice not in _CHOICES:
-        raise ValueError(f"cpu conv backend must be one of {', '.join(_CHOICES)}, got {choice!r}")
-    old = _OVERRIDE["value"]
-    _OVERRIDE["value"] = choice
-    try:
-        yield
-    finally:
-        _OVERRIDE["value"] = old
+def check_choice(choice: str | None) -> None:
+    """ValueError unless `choice` is None (the environment's) or one of "auto", "onednn", "xla"."""
+    if choice is not None and choice not in CHOICES:
+        raise ValueError(f"conv backend must be one of {', '.join(CHOICES)}, got {choice!r}")
 
 
-def conv_backend() -> str:
-    """"onednn" or "xla": what a 2-D float32 convolution traced now runs as.
+def conv_backend(choice: str | None = None) -> str:
+    """"onednn" or "xla": what a 2-D float32 convolution traced now with `choice` runs as.
 
-    ``JDET_CPU_CONV`` (or a `cpu_conv` block, which wins):
+    choice (a model's `LayerImpl.conv`; None = ``JDET_CPU_CONV``, default "auto"):
 
     - "auto" (default): oneDNN when JAX's default backend is the CPU with a single device and
       the extension loads (Linux x86-64 with jdet's oneDNN dependencies, plus a C++ compiler
@@ -69,28 +64,27 @@ def conv_backend() -> str:
       on other platforms the same traced program still runs XLA's convolution.
     - "xla": XLA's own convolutions.
     """
-    choice = _OVERRIDE["value"] or _env_choice()
+    check_choice(choice)
+    choice = choice or _env_choice()
     if choice == "xla":
         return "xla"
     if choice == "auto" and (jax.default_backend() != "cpu" or jax.device_count() != 1):
         return "xla"
-    from jdet.native import onednn
-
     try:
         onednn.load()
     except onednn.OneDnnUnavailable as e:
         if choice == "onednn":
             raise
-        _warn_once(onednn, e)
+        _warn_once(e)
         return "xla"
     return "onednn"
 
 
-def _warn_once(onednn, error: Exception) -> None:
+def _warn_once(error: Exception) -> None:
     """"auto" fell back to XLA although oneDNN is installed (a failed build): say so once."""
-    if _OVERRIDE.get("warned"):
+    if _WARNED:
         return
-    _OVERRIDE["warned"] = True
+    _WARNED.add("auto")
     try:
         onednn.find_onednn()
     except onednn.OneDnnUnavailable:
@@ -99,17 +93,15 @@ def _warn_once(onednn, error: Exception) -> None:
           f"{error}", file=sys.stderr, flush=True)
 
 
-def use_onednn(*dtypes) -> bool:
-    """Whether a convolution with these (compute, operand) dtypes, traced now, goes through
-    oneDNN: all float32 and `conv_backend()` is "onednn"."""
-    return all(jnp.dtype(d) == jnp.float32 for d in dtypes) and conv_backend() == "onednn"
+def use_onednn(choice: str | None, *dtypes) -> bool:
+    """Whether a convolution with these (compute, operand) dtypes, traced now with `choice`,
+    goes through oneDNN: all float32 and `conv_backend(choice)` is "onednn"."""
+    return all(jnp.dtype(d) == jnp.float32 for d in dtypes) and conv_backend(choice) == "onednn"
 
 
-def conv_description() -> str:
-    """For run logs: "oneDNN 3.2.0" or "XLA" (what `conv_backend()` picks now)."""
-    if conv_backend() == "onednn":
-        from jdet.native import onednn
-
+def conv_description(choice: str | None = None) -> str:
+    """For run logs: "oneDNN 3.2.0" or "XLA" (what `conv_backend(choice)` picks now)."""
+    if conv_backend(choice) == "onednn":
         return f"oneDNN {onednn.version()}"
     return "XLA"
 
@@ -195,8 +187,6 @@ def conv2d(
         raise ValueError(f"conv2d wants x [N,H,W,C] and w [KH,KW,C,O]; got {x.shape}, {w.shape}")
     if x.dtype != jnp.float32 or w.dtype != jnp.float32:
         raise ValueError(f"conv2d is float32 only; got {x.dtype}, {w.dtype}")
-    from jdet.native import onednn
-
     onednn.load()  # registers the FFI targets; OneDnnUnavailable says why it cannot
     strides = tuple(int(s) for s in strides)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
@@ -217,9 +207,8 @@ class OneDnnConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel
-        kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), jnp.float32
-        )
+        shape = (k, k, x.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, jnp.float32)
         pad = k // 2
         y = conv2d(x, kernel, (self.stride, self.stride), ((pad, pad), (pad, pad)))
         if self.use_bias:

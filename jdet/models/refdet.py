@@ -8,7 +8,7 @@
         ──DualDetectionHead──▶ base head (nc_base classes) + prototype head (N ways)
         ──ContrastiveHead──▶ per-anchor 128-d embeddings (CPE / SupCon)
 
-Follows the original at 075f362 (REFERENCE.md §2: yolov8n_refdet.py and the modules it
+Follows the original at 075f362 (docs/original.md §2: yolov8n_refdet.py and the modules it
 builds); differences, all deliberate:
   - the scale projections are trained (the original built prototypes under `no_grad`, so
     they stayed at their random initialisation); `train_projections=False` restores that;
@@ -29,8 +29,10 @@ import jax
 import jax.numpy as jnp
 
 from jdet.boxes import make_anchors
-from jdet.models.fusion import PSALMFusion, l2_normalize, select_fusion_prototypes
+from jdet.dtypes import l2_normalize
+from jdet.models.fusion import PSALMFusion, select_fusion_prototypes
 from jdet.models.heads import DualDetectionHead, PrototypeProjections, TripletProjection
+from jdet.models.impl import LayerImpl
 from jdet.models.vit import ViT, imagenet_normalize, vit_frozen_patterns
 from jdet.models.yolo import TAP_STRIDES, YOLOv8, tap_channels
 
@@ -78,6 +80,8 @@ class RefDet(nn.Module):
       proto_logit_bias: prior-initialised learnable bias per scale on the prototype logits
         (not in the original; see heads.PrototypeDetectionHead).
       dtype: compute dtype; parameters stay float32, outputs used by losses are float32.
+      impl: which code the layers trace to: the convolution backend ("auto" | "onednn" | "xla",
+        default the environment's JDET_CPU_CONV) and the fast path (jdet.models.impl).
 
     `__call__(batch, train=False)` with
       batch["query"]        [B, H, W, 3] f32 in [0, 1], H and W multiples of 32;
@@ -111,6 +115,7 @@ class RefDet(nn.Module):
     support_groups: int = 0
     proto_logit_bias: bool = False
     dtype: Any = jnp.float32
+    impl: LayerImpl = LayerImpl()
 
     def setup(self):
         channels = tuple(tap_channels(self.yolo_scale)[s] for s in SCALES)
@@ -118,8 +123,10 @@ class RefDet(nn.Module):
         self.support_encoder = ViT(self.encoder, dtype=self.dtype, frozen_blocks=self.frozen_blocks)
         self.projections = PrototypeProjections(proto_dims, dtype=self.dtype)
         self.triplet_projection = TripletProjection(256, dtype=self.dtype)
-        self.backbone = YOLOv8(self.yolo_scale, num_classes=1, dtype=self.dtype)
-        self.fusion = PSALMFusion(channels, self.fusion_out, self.num_heads, dtype=self.dtype)
+        self.backbone = YOLOv8(self.yolo_scale, num_classes=1, dtype=self.dtype, impl=self.impl)
+        self.fusion = PSALMFusion(
+            channels, self.fusion_out, self.num_heads, dtype=self.dtype, impl=self.impl
+        )
         self.head = DualDetectionHead(
             self.nc_base,
             proto_dims,
@@ -127,6 +134,7 @@ class RefDet(nn.Module):
             tuple(TAP_STRIDES[s] for s in SCALES),
             logit_bias=self.proto_logit_bias,
             dtype=self.dtype,
+            impl=self.impl,
         )
         self.contrastive = ContrastiveHead(self.contrastive_dim, dtype=self.dtype)
 
@@ -145,7 +153,8 @@ class RefDet(nn.Module):
             per_shot = jax.tree.map(jax.lax.stop_gradient, per_shot)
         # The original averages the K references' prototypes and re-normalises.
         prototypes = {
-            s: l2_normalize(p.mean(axis=2).astype(jnp.float32)) for s, p in per_shot.items()
+            s: l2_normalize(p.mean(axis=2).astype(jnp.float32), keep_dtype=True)
+            for s, p in per_shot.items()
         }
         triplet = self.triplet_projection(cls).reshape(b * n * k, -1).astype(jnp.float32)
         return dict(prototypes=prototypes, triplet_embed=triplet)
@@ -225,7 +234,7 @@ class RefDet(nn.Module):
 def refdet_param_groups(params: dict[str, Any], frozen_blocks: int) -> dict[str, Any]:
     """Pytree like RefDet params labelling each leaf with its optimiser group.
 
-    Groups (the original's layer-wise learning rates, REFERENCE.md §4): "frozen" (support
+    Groups (the original's layer-wise learning rates, docs/original.md §4): "frozen" (support
     encoder embeddings + first `frozen_blocks` blocks, never updated), "support_encoder"
     (0.1× lr), "backbone" (1×), "fusion" (2×), "heads" (2×: dual head, projections,
     contrastive head).

@@ -1,6 +1,6 @@
 """DINOv2 / DINOv3 vision transformers (the RefDet support encoder) in Flax linen, NHWC.
 
-Ports the inference forward of transformers 5.24 (REFERENCE.md §2, DESIGN.md §1):
+Ports the inference forward of transformers 5.24 (docs/original.md §2, docs/design.md §6):
 
 * ``"dinov3-S/16"`` follows `DINOv3ViTModel` (models/dinov3_vit/modeling_dinov3_vit.py): patch
   embedding, [CLS, 4 registers, patches], 12 pre-norm blocks whose attention applies 2-D axial
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdet.models.convert_hf import VARIANTS, ViTConfig, resolve_variant
+from jdet.models.vit_variants import VARIANTS, ViTConfig, resolve_variant
 
 __all__ = [
     "IMAGENET_MEAN",

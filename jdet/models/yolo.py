@@ -6,7 +6,7 @@ Follows ultralytics/cfg/models/v8/yolov8.yaml and nn/tasks.py `parse_model` (8.3
 branch). Modules are named ``model_{i}`` after ultralytics' ``model.{i}`` so that
 `jdet.models.convert.yolo_from_torch` is a renaming.
 
-RefDet taps four maps (REFERENCE.md §2): layer 2 (P2, stride 4), 15 (P3), 18 (P4), 21 (P5).
+RefDet taps four maps (docs/original.md §2): layer 2 (P2, stride 4), 15 (P3), 18 (P4), 21 (P5).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jdet.models.impl import LayerImpl
 from jdet.models.layers import (
     SPPF,
     C2f,
@@ -72,6 +73,7 @@ class YOLOv8(nn.Module):
       num_classes: detection classes.
       reg_max: DFL bins per side (ultralytics' 16).
       dtype: compute dtype (parameters stay float32).
+      impl: which code the layers trace to (convolution backend, fast path; jdet.models.impl).
 
     `apply(variables, images [B,H,W,3] f32 in [0,1], train=False)` returns a list over strides
     (8, 16, 32) of ``[B, H/s, W/s, 4·reg_max + num_classes]`` raw head outputs (box channels
@@ -84,6 +86,7 @@ class YOLOv8(nn.Module):
     num_classes: int = 80
     reg_max: int = 16
     dtype: Any = jnp.float32
+    impl: LayerImpl = LayerImpl()
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False, features_only: bool = False):
@@ -93,7 +96,7 @@ class YOLOv8(nn.Module):
             raise ValueError(f"YOLOv8 input H, W must be multiples of 32, got {images.shape[1:3]}")
         w = yolo_widths(self.scale)
         d = lambda n: yolo_depth(self.scale, n)  # noqa: E731
-        kw = dict(dtype=self.dtype)
+        kw = dict(dtype=self.dtype, impl=self.impl)
         x = images.astype(self.dtype)
         outs: dict[int, jax.Array] = {}
 
@@ -118,9 +121,17 @@ class YOLOv8(nn.Module):
         x = jnp.concatenate([upsample2x(x), outs[4]], -1)
         x = run(15, C2f(w["c256"], d(3), False, **kw, name="model_15"), x)
         x = run(16, ConvBNAct(w["c256"], 3, 2, **kw, name="model_16"), x)
-        x = run(18, C2f(w["c512"], d(3), False, **kw, name="model_18"), jnp.concatenate([x, outs[12]], -1))
+        x = run(
+            18,
+            C2f(w["c512"], d(3), False, **kw, name="model_18"),
+            jnp.concatenate([x, outs[12]], -1),
+        )
         x = run(19, ConvBNAct(w["c512"], 3, 2, **kw, name="model_19"), x)
-        x = run(21, C2f(w["c1024"], d(3), False, **kw, name="model_21"), jnp.concatenate([x, outs[9]], -1))
+        x = run(
+            21,
+            C2f(w["c1024"], d(3), False, **kw, name="model_21"),
+            jnp.concatenate([x, outs[9]], -1),
+        )
         if features_only:
             return {name: outs[i] for name, i in TAPS.items()}
         return Detect(self.num_classes, self.reg_max, STRIDES, **kw, name="model_22")(
@@ -139,14 +150,19 @@ class Detect(nn.Module):
     reg_max: int = 16
     strides: tuple[int, ...] = STRIDES
     dtype: Any = jnp.float32
+    impl: LayerImpl = LayerImpl()
 
     @nn.compact
     def __call__(self, feats: list[jax.Array], train: bool = False) -> list[jax.Array]:
         c_box, c_cls = detect_hidden([f.shape[-1] for f in feats], self.num_classes, self.reg_max)
         out = []
         for i, (f, s) in enumerate(zip(feats, self.strides)):
-            box = DetectBranch(c_box, 4 * self.reg_max, 1.0, self.dtype, name=f"cv2_{i}")(f, train)
+            box = DetectBranch(
+                c_box, 4 * self.reg_max, 1.0, self.dtype, impl=self.impl, name=f"cv2_{i}"
+            )(f, train)
             prior = math.log(5 / self.num_classes / (640 / s) ** 2)
-            cls = DetectBranch(c_cls, self.num_classes, prior, self.dtype, name=f"cv3_{i}")(f, train)
+            cls = DetectBranch(
+                c_cls, self.num_classes, prior, self.dtype, impl=self.impl, name=f"cv3_{i}"
+            )(f, train)
             out.append(jnp.concatenate([box, cls], axis=-1))
         return out

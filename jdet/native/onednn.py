@@ -37,8 +37,12 @@ class OneDnnUnavailable(RuntimeError):
 
 
 def _prefixes() -> list[Path]:
-    roots = [os.environ.get("JDET_ONEDNN_ROOT", ""), sys.prefix, sys.base_prefix,
-             site.getuserbase()]  # the last: where `pip install --user` puts data files
+    roots = [
+        os.environ.get("JDET_ONEDNN_ROOT", ""),
+        sys.prefix,
+        sys.base_prefix,
+        site.getuserbase(),
+    ]  # the last: where `pip install --user` puts data files
     out: list[Path] = []
     for r in roots:
         if r and Path(r) not in out:
@@ -74,8 +78,14 @@ def _build_key(lib: Path, inc: Path, ffi_inc: str, cxx: str) -> str:
 
     h = hashlib.sha256()
     h.update(SOURCE.read_bytes())
-    for part in (str(lib.resolve()), str(lib.stat().st_size), str(inc), ffi_inc, cxx,
-                 jaxlib.version.__version__):
+    for part in (
+        str(lib.resolve()),
+        str(lib.stat().st_size),
+        str(inc),
+        ffi_inc,
+        cxx,
+        jaxlib.version.__version__,
+    ):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
@@ -104,13 +114,30 @@ def build(verbose: bool = False) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     cmd = [
-        cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w",
-        "-isystem", str(inc), "-isystem", ffi_inc,
-        str(SOURCE), "-o", tmp,
-        f"-L{lib.parent}", f"-l:{lib.name}", f"-Wl,-rpath,{lib.parent}",
+        cxx,
+        "-O2",
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        "-fopenmp",
+        "-w",
+        "-isystem",
+        str(inc),
+        "-isystem",
+        ffi_inc,
+        str(SOURCE),
+        "-o",
+        tmp,
+        f"-L{lib.parent}",
+        f"-l:{lib.name}",
+        f"-Wl,-rpath,{lib.parent}",
     ]
-    print(f"jdet: building the oneDNN convolution extension once (a few seconds) into "
-          f"{out.parent}" + (f": {' '.join(cmd)}" if verbose else ""), file=sys.stderr, flush=True)
+    print(
+        f"jdet: building the oneDNN convolution extension once (a few seconds) into "
+        f"{out.parent}" + (f": {' '.join(cmd)}" if verbose else ""),
+        file=sys.stderr,
+        flush=True,
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         Path(tmp).unlink(missing_ok=True)
@@ -140,8 +167,11 @@ def load() -> ctypes.CDLL:
             import jax.ffi
 
             # A prebuilt library (for example one compiled with other options) wins.
-            path = Path(os.environ["JDET_ONEDNN_LIBRARY"]) if os.environ.get(
-                "JDET_ONEDNN_LIBRARY") else build()
+            path = (
+                Path(os.environ["JDET_ONEDNN_LIBRARY"])
+                if os.environ.get("JDET_ONEDNN_LIBRARY")
+                else build()
+            )
             try:
                 lib = ctypes.CDLL(str(path))
             except OSError as e:
@@ -177,8 +207,15 @@ def stats() -> list[dict]:
     rows = []
     for line in buf.value.decode().splitlines():
         f = line.split()
-        rows.append(dict(kind=kinds[int(f[0])], shape=[int(x) for x in f[1:16]],
-                         threads=int(f[16]), seconds=float(f[17]), calls=int(float(f[18]))))
+        rows.append(
+            dict(
+                kind=kinds[int(f[0])],
+                shape=[int(x) for x in f[1:16]],
+                threads=int(f[16]),
+                seconds=float(f[17]),
+                calls=int(float(f[18])),
+            )
+        )
     return rows
 
 

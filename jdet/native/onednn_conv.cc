@@ -14,6 +14,13 @@
 // (created once per chunk shape and cached). An OpenMP team beside XLA's busy threads ran the
 // same primitives 2x slower inside a train step (oversubscribed cores); here a busy pool
 // simply leaves more chunks to the caller. Weight gradients of the chunks are summed.
+//
+// Numerics: strict float32 (conv_attr: never oneDNN's implicit bfloat16/AMX modes), direct
+// algorithm (no Winograd). The forward kernels sum each output in one sequential FMA chain over
+// (kh, kw, C) (checked bit for bit on a 64→64 3×3 layer); XLA's convolutions (YNNPACK, Eigen)
+// split such sums into blocks, so on the longest chains (3×3 over 64 channels) their rounding
+// error is up to ~2× smaller, on others oneDNN's is: both are float32 rounding, and over the
+// tiny YOLOv8 of tests/test_onednn_conv.py neither is closer to float64 on average.
 #include <omp.h>
 
 #include <algorithm>
@@ -92,6 +99,29 @@ void use_threads(int n) {
   }
 }
 
+// Attributes of every primitive, reorders included: strict float32 math, stated rather than
+// inherited. oneDNN's default math mode comes from the process environment
+// (ONEDNN_DEFAULT_FPMATH_MODE / DNNL_DEFAULT_FPMATH_MODE, read once by libdnnl); "BF16" lets it
+// down-convert float32 operands, and on CPUs with AMX (Intel Sapphire Rapids and later) it then
+// runs brgconv:avx512_core_amx on bfloat16 inputs. Measured there: a 4×16×16×32→32 3×3
+// convolution 0.17 (relative) from float64 instead of 1.4e-5, and the tiny YOLOv8 of
+// tests/test_onednn_conv.py ~1e0 from its float64 run instead of ~1e-4. With the mode set here
+// the same primitives (brgconv:avx512_core, jit:avx512_core, ...) run whatever the variable
+// says, and give the same bits as with it unset.
+dnnl::primitive_attr conv_attr() {
+  dnnl::primitive_attr attr;
+  attr.set_fpmath_mode(dnnl::fpmath_mode::strict);
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+// A reorder between float32 layouts under the same strict attributes (a plain copy).
+void reorder(memory& from, memory& to, dnnl::stream& st) {
+  dnnl::primitive_attr attr;
+  attr.set_fpmath_mode(dnnl::fpmath_mode::strict);
+  dnnl::reorder(dnnl::reorder::primitive_desc(from, to, attr)).execute(st, from, to);
+}
+
 Conv& get_conv(const Geometry& g) {
   Runtime& rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mu);
@@ -107,8 +137,7 @@ Conv& get_conv(const Geometry& g) {
   conv->user_w = memory::desc(w_d, memory::data_type::f32, tag::hwio);
   const memory::desc any_w(w_d, memory::data_type::f32, tag::any);
   const auto algo = dnnl::algorithm::convolution_direct;
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  const dnnl::primitive_attr attr = conv_attr();
   conv->fwd_pd = dnnl::convolution_forward::primitive_desc(
       rt.eng, dnnl::prop_kind::forward_training, algo, conv->src, any_w, conv->dst, strides, pad_l,
       pad_r, attr);
@@ -221,7 +250,7 @@ ffi::Error run(ffi::ThreadPool& pool, Kind kind, ffi::Span<const int64_t> xd,
         memory user_w(first.user_w, rt.eng, w), kernel = user_w;
         if (want != first.user_w) {
           kernel = memory(want, rt.eng);
-          dnnl::reorder(user_w, kernel).execute(thread_stream(), user_w, kernel);
+          reorder(user_w, kernel, thread_stream());
           thread_stream().wait();
         }
         err = run_chunks(pool, k, [&](int i) {
@@ -263,7 +292,7 @@ ffi::Error run(ffi::ThreadPool& pool, Kind kind, ffi::Span<const int64_t> xd,
                                 {DNNL_ARG_DIFF_DST, ym},
                                 {DNNL_ARG_DIFF_WEIGHTS, dw},
                                 {DNNL_ARG_SCRATCHPAD, scratchpad(cv.bwd_w_pd.scratchpad_desc())}});
-          if (dw != user_dw) dnnl::reorder(dw, user_dw).execute(st, dw, user_dw);
+          if (dw != user_dw) reorder(dw, user_dw, st);
           st.wait();
         });
         for (int i = 1; i < k && err.empty(); ++i) {

@@ -1,0 +1,1 @@
+"""Training-free baselines to compare jdet with (`python -m jdet.baselines.template`)."""

@@ -1,0 +1,210 @@
+"""Inference: a trained RefDet over videos → scored boxes per frame.
+
+Per video the reference photos go through the support encoder once (the prototypes are cached
+for the whole video); frames are decoded one at a time (constant memory on long videos),
+letterboxed to the training query size, run in fixed-size batches (one compilation), decoded
+and NMS'd on device, and mapped back to frame pixels.
+
+`Predictor.from_checkpoint(path)` (a run, checkpoints/ or best/; `jdet.checkpoint.load_run`),
+`Predictor.predict_video(...)`, `predict_folder(...)` → `jdet.submission.Detections`; the
+challenge's one box per frame is `jdet.submission.submission_from_detections`. The command
+line is `python -m jdet.predict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from jdet.checkpoint import load_run
+from jdet.data import transforms as T
+from jdet.data import video as video_io
+from jdet.data import zalo
+from jdet.models import build_model
+from jdet.models.refdet import RefDet
+from jdet.postprocess import postprocess, unletterbox
+from jdet.submission import Detections, FrameDetections
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+    """Inference settings (defaults as the original's, docs/original.md §6: conf 0.25, NMS
+    IoU 0.45)."""
+
+    conf_threshold: float = 0.25  # the submission's per-frame threshold
+    nms_conf_threshold: float = 0.001  # kept for mAP (COCO-style evaluation wants low scores)
+    iou_threshold: float = 0.45
+    max_det: int = 100
+    batch_size: int = 8
+
+
+class Predictor:
+    """A trained RefDet, ready to run on videos (jit-compiled once per input size)."""
+
+    def __init__(
+        self,
+        model: RefDet,
+        variables: dict[str, Any],
+        *,
+        query_size: int,
+        support_size: int,
+        options: PredictOptions = PredictOptions(),
+    ):
+        if query_size % 32:
+            raise ValueError(f"query_size={query_size} must be a multiple of 32")
+        self.model = model.clone(support_groups=0)
+        self.variables = jax.device_put(
+            {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+        )
+        self.query_size, self.support_size, self.options = query_size, support_size, options
+        o = options
+
+        def encode(variables, support):  # [1, 1, K, S, S, 3] → {scale: [1, 1, d]}
+            mask = jnp.ones(support.shape[:2], bool)
+            return self.model.apply(variables, support, mask, method="encode_support")["prototypes"]
+
+        def detect(variables, query, prototypes):  # query [B, s, s, 3]
+            b = query.shape[0]
+            protos = {k: jnp.broadcast_to(p, (b, *p.shape[1:])) for k, p in prototypes.items()}
+            out = self.model.apply(
+                variables, query, protos, jnp.ones((b, 1), bool), method="detect"
+            )
+            return postprocess(
+                out,
+                max_det=o.max_det,
+                iou_threshold=o.iou_threshold,
+                conf_threshold=o.nms_conf_threshold,
+            )
+
+        self._encode = jax.jit(encode)
+        self._detect = jax.jit(detect)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | pathlib.Path, options: PredictOptions = PredictOptions()
+    ) -> Predictor:
+        config, variables, desc = load_run(path)
+        predictor = cls(
+            build_model(config, support_groups=0),
+            variables,
+            query_size=config.data.query_size,
+            support_size=config.data.support_size,
+            options=options,
+        )
+        predictor.description = desc
+        return predictor
+
+    # -- pieces ------------------------------------------------------------------------------
+
+    def encode_references(self, photos: Sequence[np.ndarray]) -> dict[str, jax.Array]:
+        """K reference photos ([h, w, 3] uint8 RGB) → prototypes {scale: [1, 1, d]} (cache these
+        per video). Resized to support_size² as in training."""
+        s = self.support_size
+        support = np.stack([T.resize(p, T.as_boxes(None), s, s)[0] for p in photos])
+        support = support.astype(np.float32)[None, None] / 255.0  # [1, 1, K, S, S, 3]
+        return self._encode(self.variables, support)
+
+    def detect_frames(
+        self, frames: Sequence[np.ndarray], prototypes: dict[str, jax.Array]
+    ) -> list[np.ndarray]:
+        """Up to batch_size frames ([H, W, 3] uint8) → per frame [n, 5] f32 in frame pixels."""
+        bsz, size = self.options.batch_size, self.query_size
+        if not 0 < len(frames) <= bsz:
+            raise ValueError(f"detect_frames takes 1..{bsz} frames, got {len(frames)}")
+        query = np.zeros((bsz, size, size, 3), np.float32)  # fixed shape: one compilation
+        for i, frame in enumerate(frames):
+            query[i] = T.letterbox(frame, T.as_boxes(None), size)[0] / 255.0
+        det = jax.device_get(self._detect(self.variables, query, prototypes))
+        out = []
+        for i, frame in enumerate(frames):
+            keep = det.valid[i]
+            boxes = unletterbox(det.boxes[i][keep], frame.shape[:2], size)
+            out.append(np.concatenate([boxes, det.scores[i][keep, None]], 1).astype(np.float32))
+        return out
+
+    def predict_video(
+        self,
+        video_path: str | pathlib.Path,
+        references: Sequence[np.ndarray],
+        *,
+        stride: int = 1,
+        max_frames: int | None = None,
+        on_frames: Callable[[int], None] | None = None,
+    ) -> FrameDetections:
+        """Every `stride`-th frame of a video (streamed) → {frame: [n, 5] detections}.
+
+        references: the K reference photos ([h, w, 3] uint8 RGB); on_frames(n) is called after
+        each batch with the number of frames done (progress bars).
+        """
+        prototypes = self.encode_references(references)
+        stop = None if max_frames is None else max_frames * stride
+        result: FrameDetections = {}
+        pending: list[tuple[int, np.ndarray]] = []
+
+        def flush():
+            dets = self.detect_frames([f for _, f in pending], prototypes)
+            result.update({i: d for (i, _), d in zip(pending, dets)})
+            if on_frames is not None:
+                on_frames(len(pending))
+            pending.clear()
+
+        for index, frame in video_io.iter_frames(video_path, stride=stride, stop=stop):
+            pending.append((index, frame))
+            if len(pending) == self.options.batch_size:
+                flush()
+        if pending:
+            flush()
+        return result
+
+
+def load_samples(
+    root: str | pathlib.Path, *, min_references: int = zalo.MIN_REFERENCES
+) -> list[zalo.VideoRecord]:
+    """The videos of a challenge-layout folder (annotations optional); DatasetError naming the
+    file and field when the folder is unusable — a sample with fewer than `min_references`
+    reference photos img_1…img_K names the missing one."""
+    records, report = zalo.load_dataset(root, check_videos=False, min_references=min_references)
+    report.raise_if_errors()
+    return records
+
+
+def predict_folder(
+    predictor: Predictor,
+    records: Iterable[zalo.VideoRecord],
+    *,
+    stride: int = 1,
+    max_frames: int | None = None,
+    progress: bool = True,
+) -> Detections:
+    """Every video of a folder → {video_id: {frame: [n, 5]}} (a tqdm bar over frames)."""
+    records = list(records)
+    total = sum(
+        len(
+            range(
+                0,
+                r.num_frames if max_frames is None else min(r.num_frames, max_frames * stride),
+                stride,
+            )
+        )
+        for r in records
+    )
+    out = {}
+    with tqdm(total=total, unit="frame", desc="predict", disable=not progress) as bar:
+        for record in records:
+            bar.set_postfix(video=record.video_id)
+            photos = [zalo.load_reference(p) for p in record.reference_paths]
+            out[record.video_id] = predictor.predict_video(
+                record.video_path,
+                photos,
+                stride=stride,
+                max_frames=max_frames,
+                on_frames=bar.update,
+            )
+    return out

@@ -1,0 +1,123 @@
+"""TrainState, train_step and eval_step: pure functions, no jit decorators, no host I/O.
+
+jit, shardings and donation are applied once, by the trainer (docs/design.md §2). A step whose loss
+or gradient is not finite changes nothing but the step counter and the skip counters:
+`optax.apply_if_finite` holds the parameters and optimiser moments, and the BatchNorm
+statistics and the Wise-IoU running mean are held here with the same decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jdet.losses import LossConfig, loss_terms, weighted_total
+from jdet.losses.box import WIoUState
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a step reads and writes (checkpointed as a whole, minus the callables)."""
+
+    step: jax.Array  # [] i32
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    wiou_state: WIoUState
+    apply_fn: Callable = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+
+def create_train_state(
+    model, tx: optax.GradientTransformation, rng: jax.Array, batch: Mapping
+) -> TrainState:
+    """Initialise the model on an example batch and the optimiser on its params."""
+    variables = model.init({"params": rng, "dropout": rng}, batch, train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        wiou_state=WIoUState.init(),
+        apply_fn=model.apply,
+        tx=tx,
+    )
+
+
+def _forward_terms(state: TrainState, params, batch, rng, loss_cfg, train: bool):
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    if train:
+        out, mutated = state.apply_fn(
+            variables, batch, train=True, mutable=["batch_stats"], rngs={"dropout": rng}
+        )
+        batch_stats = mutated["batch_stats"]
+    else:
+        out, batch_stats = state.apply_fn(variables, batch, train=False), state.batch_stats
+    terms, aux = loss_terms(out, batch, loss_cfg, state.wiou_state, train=train)
+    return terms, aux, batch_stats
+
+
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    rng: jax.Array,
+    *,
+    loss_weights: Mapping[str, float],
+    loss_cfg: LossConfig = LossConfig(),
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimisation step.
+
+    batch: query [B,H,W,3] f32; support [B,N,K,S,S,3] f32; support_mask [B,N] bool;
+           boxes [B,M,4] f32 xyxy pixels; labels [B,M] i32 (way index); box_mask [B,M] bool.
+    Returns the new state and metrics (device scalars): loss, <term>_loss, grad_norm, num_fg,
+    skipped (1 if this step was not applied), total_skipped.
+    """
+    rng = jax.random.fold_in(rng, state.step)  # stateless: exact on resume
+
+    def loss_fn(params):
+        terms, aux, batch_stats = _forward_terms(state, params, batch, rng, loss_cfg, train=True)
+        return weighted_total(terms, loss_weights), (terms, aux, batch_stats)
+
+    (loss, (terms, aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    applied = opt_state.last_finite if hasattr(opt_state, "last_finite") else jnp.isfinite(loss)
+
+    def keep_if_applied(new, old):
+        return jax.tree.map(lambda n, o: jnp.where(applied, n, o), new, old)
+
+    new_state = state.replace(
+        step=state.step + 1,
+        params=params,
+        opt_state=opt_state,
+        batch_stats=keep_if_applied(batch_stats, state.batch_stats),
+        wiou_state=keep_if_applied(aux["wiou_state"], state.wiou_state),
+    )
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "num_fg": aux["num_fg"]}
+    metrics.update({f"{k}_loss": v for k, v in terms.items()})
+    metrics["skipped"] = (~applied).astype(jnp.int32)
+    if hasattr(opt_state, "total_notfinite"):
+        metrics["total_skipped"] = opt_state.total_notfinite
+    return new_state, metrics
+
+
+def eval_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    *,
+    loss_weights: Mapping[str, float],
+    loss_cfg: LossConfig = LossConfig(),
+) -> dict[str, jax.Array]:
+    """Loss terms in eval mode (running BN statistics, frozen Wise-IoU mean)."""
+    terms, aux, _ = _forward_terms(state, state.params, batch, None, loss_cfg, train=False)
+    metrics = {f"{k}_loss": v for k, v in terms.items()}
+    metrics["loss"] = weighted_total(terms, loss_weights)
+    metrics["num_fg"] = aux["num_fg"]
+    return metrics
