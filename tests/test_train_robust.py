@@ -30,7 +30,7 @@ from absl import flags
 
 from jdet import checkpoint, train
 from jdet.losses import TERM_NAMES
-from jdet.training import diagnostics as checks
+from jdet.training import steps
 from jdet.training.run_log import read_jsonl
 
 pytestmark = [pytest.mark.heavy(9), pytest.mark.xdist_group("tiny-run")]
@@ -240,7 +240,7 @@ def test_injected_nan_batch_is_skipped_dumped_and_logged(reference, tmp_path):
 @pytest.mark.slow
 def test_check_fails_and_names_a_non_finite_loss_term(reference, tmp_path, monkeypatch, capsys):
     broken_term = "supcon"
-    loss_terms = checks.loss_terms  # what the --check statistics and gradient check call
+    loss_terms = steps.loss_terms  # what the --check statistics and gradient check call
 
     def broken_loss_terms(*args, **kwargs):
         # A NaN value with a finite derivative: no NaN leaks into the other terms' gradients,
@@ -248,7 +248,7 @@ def test_check_fails_and_names_a_non_finite_loss_term(reference, tmp_path, monke
         terms, aux = loss_terms(*args, **kwargs)
         return {**terms, broken_term: terms[broken_term] + jnp.nan}, aux
 
-    monkeypatch.setattr(checks, "loss_terms", broken_loss_terms)
+    monkeypatch.setattr(steps, "loss_terms", broken_loss_terms)
     # From the reference's checkpoint 1: --check then restores the state instead of compiling
     # its initialisation.
     workdir = _start_from(reference[0], tmp_path / "run")

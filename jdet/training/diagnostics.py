@@ -28,7 +28,8 @@ from jax import monitoring
 from jdet import distributed
 from jdet.distributed import compile_synchronized
 from jdet.grads import diagnose, format_grad_report, per_term_grads
-from jdet.losses import LossConfig, loss_terms
+from jdet.losses import LossConfig
+from jdet.training.steps import forward_terms
 
 _TERMS_FNS: dict[tuple[int, LossConfig], tuple[Any, Any]] = {}
 
@@ -45,15 +46,8 @@ def make_terms_fn(apply_fn: Any, loss_cfg: LossConfig):
     if key not in _TERMS_FNS:
 
         def terms_fn(params, batch, rng, batch_stats, wiou_state):
-            out, _ = apply_fn(
-                {"params": params, "batch_stats": batch_stats},
-                batch,
-                train=True,
-                mutable=["batch_stats"],
-                rngs={"dropout": rng},
-            )
-            terms, _ = loss_terms(out, batch, loss_cfg, wiou_state, train=True)
-            return terms
+            args = (params, batch_stats, wiou_state, batch, rng, loss_cfg, True)
+            return forward_terms(apply_fn, *args)[0]
 
         _TERMS_FNS[key] = (apply_fn, terms_fn)  # holding apply_fn keeps its id unique
     return _TERMS_FNS[key][1]
@@ -100,14 +94,8 @@ def init_statistics(state, batch, rng, loss_cfg: LossConfig) -> dict[str, float]
     assignment, and ``ways`` (mean number of real support ways per query)."""
 
     def stats(params, batch, rng):
-        out, _ = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats},
-            batch,
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": rng},
-        )
-        terms, aux = loss_terms(out, batch, loss_cfg, state.wiou_state, train=True)
+        args = (params, state.batch_stats, state.wiou_state, batch, rng, loss_cfg, True)
+        terms, aux, _ = forward_terms(state.apply_fn, *args)
         return dict(
             terms=terms,
             target_score_sum=aux["target_score_sum"],

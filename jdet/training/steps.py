@@ -49,16 +49,18 @@ def create_train_state(
     )
 
 
-def _forward_terms(state: TrainState, params, batch, rng, loss_cfg, train: bool):
-    variables = {"params": params, "batch_stats": state.batch_stats}
+def forward_terms(apply_fn, params, batch_stats, wiou_state, batch, rng, loss_cfg, train: bool):
+    """The model's forward pass and its unweighted loss terms → (terms, aux, batch_stats): the
+    one place the train step, the evaluation step and the diagnostics compute them."""
+    variables = {"params": params, "batch_stats": batch_stats}
     if train:
-        out, mutated = state.apply_fn(
+        out, mutated = apply_fn(
             variables, batch, train=True, mutable=["batch_stats"], rngs={"dropout": rng}
         )
         batch_stats = mutated["batch_stats"]
     else:
-        out, batch_stats = state.apply_fn(variables, batch, train=False), state.batch_stats
-    terms, aux = loss_terms(out, batch, loss_cfg, state.wiou_state, train=train)
+        out = apply_fn(variables, batch, train=False)
+    terms, aux = loss_terms(out, batch, loss_cfg, wiou_state, train=train)
     return terms, aux, batch_stats
 
 
@@ -80,7 +82,9 @@ def train_step(
     rng = jax.random.fold_in(rng, state.step)  # stateless: exact on resume
 
     def loss_fn(params):
-        terms, aux, batch_stats = _forward_terms(state, params, batch, rng, loss_cfg, train=True)
+        terms, aux, batch_stats = forward_terms(
+            state.apply_fn, params, state.batch_stats, state.wiou_state, batch, rng, loss_cfg, True
+        )
         return weighted_total(terms, loss_weights), (terms, aux, batch_stats)
 
     (loss, (terms, aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -116,7 +120,16 @@ def eval_step(
     loss_cfg: LossConfig = LossConfig(),
 ) -> dict[str, jax.Array]:
     """Loss terms in eval mode (running BN statistics, frozen Wise-IoU mean)."""
-    terms, aux, _ = _forward_terms(state, state.params, batch, None, loss_cfg, train=False)
+    terms, aux, _ = forward_terms(
+        state.apply_fn,
+        state.params,
+        state.batch_stats,
+        state.wiou_state,
+        batch,
+        None,
+        loss_cfg,
+        False,
+    )
     metrics = {f"{k}_loss": v for k, v in terms.items()}
     metrics["loss"] = weighted_total(terms, loss_weights)
     metrics["num_fg"] = aux["num_fg"]
