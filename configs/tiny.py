@@ -2,13 +2,10 @@
 
     python -m jdet.train --config configs/tiny.py --workdir /tmp/jdet_tiny [--check]
 
-Measured on a shared 2-core CPU VM: 3 min 2 s wall for the command above with 8 virtual CPU
-devices as in the tests (XLA_FLAGS=--xla_force_host_platform_device_count=8) and an empty
-compilation cache (3 min 8 s before the initialisation was compiled at LLVM level 0, on
-another day), 64 s when the compiled programs are in the cache (with
---config.data.val_videos=0), 33 s without the step-0 gradient check as well
-(tests/test_distributed.py's 1-process reference). Batches of 8 are 2 episodes of 2 ways × 2
-queries, so 2 processes can share them.
+Batches of 8 are 2 episodes of 2 ways × 2 queries, so 2 processes can share them. The command
+above took 3 min 2 s wall (2026-11-27, 2-core AMD EPYC VM, 8 virtual CPU devices as in the
+tests: XLA_FLAGS=--xla_force_host_platform_device_count=8, empty compilation cache) and 64 s
+with the compiled programs in the cache (--config.data.val_videos=0).
 It also generates 1 validation video and evaluates 8 of its frames at the end (the
 evaluation, best-weights and report paths). Metric: not meaningful (a smoke test, not a
 recipe; 3 steps from random weights).

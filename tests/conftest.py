@@ -36,7 +36,7 @@ _common = dict(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     derandomize=False,
 )
-settings.register_profile("ci", max_examples=300, **_common)
+settings.register_profile("ci", max_examples=100, **_common)
 settings.register_profile("dev", max_examples=30, **_common)
 settings.register_profile("thorough", max_examples=10_000, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

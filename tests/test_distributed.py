@@ -265,6 +265,7 @@ def _wait(jobs, tmp_path) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.deep  # 6 min: the deep profile (docs/testing.md §4)
 def test_two_processes_of_four_devices_train_like_one_of_eight(tmp_path):
     """3 steps in 2 processes and in 1, compared after steps 1 and 2; then the 2 processes
     resume from their step-2 checkpoint (orbax restore across processes, iterator position)

@@ -135,7 +135,11 @@ def test_yolo_fast_matches_plain():
             (_, (out, stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(v["params"])
             return jax.tree.map(np.asarray, (out, stats, grads))
 
-    for train in (True, False):
+    # Eval mode: the outputs (running statistics; its gradients are not used in training).
+    eval_out = [jax.jit(m.apply)(v0, images) for m in (plain, model)]
+    for a, e in zip(eval_out[1], eval_out[0]):
+        close(a, e, what="outputs train=False")
+    for train in (True,):
         o0, s0, g0 = run(PLAIN, train)
         o1, s1, g1 = run(LayerImpl(), train)
         _, _, g64 = run(PLAIN, train, x64=True)

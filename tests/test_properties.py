@@ -1,7 +1,8 @@
 """Property tests: every loss is finite in value AND gradient on random and degenerate inputs.
 
-Profiles (tests/conftest.py): "ci" (default, 200 examples per test) and "thorough"
-(10,000 per test): HYPOTHESIS_PROFILE=thorough python3 -m pytest -q tests/test_properties.py
+Profiles (tests/conftest.py): "ci" (default, 100 examples per test) and "thorough"
+(10,000 per test, the deep profile): HYPOTHESIS_PROFILE=thorough python3 -m pytest -q
+tests/test_properties.py
 
 Each function under test is jitted once with fixed shapes, so examples do not recompile.
 Masked entries must receive a gradient of exactly 0.

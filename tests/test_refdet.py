@@ -156,6 +156,7 @@ def test_untrained_projections_option_blocks_their_gradient(tiny):
     assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves(g["projections"]))
 
 
+@pytest.mark.deep  # bfloat16 (GPU) path: the deep profile
 def test_bf16_compute_finite_and_close(tiny):
     m, batch, v = tiny
     ref = jax.jit(m.apply)(v, batch)

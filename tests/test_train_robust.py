@@ -198,6 +198,7 @@ def test_sigkill_in_a_save_and_mid_run_then_resume_is_bit_identical(reference, t
 
 
 @pytest.mark.slow
+@pytest.mark.deep  # 5 min: the deep profile (docs/testing.md §4)
 def test_injected_nan_batch_is_skipped_dumped_and_logged(reference, tmp_path):
     ref_dir, _ = reference
     workdir = _start_from(ref_dir, tmp_path / "run")
@@ -238,6 +239,7 @@ def test_injected_nan_batch_is_skipped_dumped_and_logged(reference, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.deep  # 2 min: the deep profile (docs/testing.md §4)
 def test_check_fails_and_names_a_non_finite_loss_term(reference, tmp_path, monkeypatch, capsys):
     broken_term = "supcon"
     loss_terms = steps.loss_terms  # what the --check statistics and gradient check call
