@@ -144,6 +144,7 @@ def test_frozen_encoder_parameters_bit_identical_after_a_step(tiny):
     assert all(moved[g] > 0 for g in ("support_encoder", "backbone", "fusion", "heads")), moved
 
 
+@pytest.mark.deep  # an option of the original's behaviour: the deep profile
 def test_untrained_projections_option_blocks_their_gradient(tiny):
     _, batch, v = tiny
     m = _tiny(train_projections=False)

@@ -36,7 +36,9 @@ def run(tmp_path_factory):
 @pytest.mark.slow
 def test_tiny_run_writes_run_directory(run):
     workdir, result, _ = run
-    assert result.step == 3 and not result.stopped
+    assert result.step == 3 and not result.stopped and result.ok and result.check is None
+    assert result.origin == "from scratch"
+    assert result.conv == "XLA"  # "auto" on 8 devices: XLA's convolutions (docs/design.md §5)
     assert result.compiles == 1  # one XLA compilation of the train step served all 3 steps
     records = [r for r in records_all(workdir) if "train/loss" in r]
     assert [r["step"] for r in records] == [1, 2, 3]
