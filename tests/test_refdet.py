@@ -92,7 +92,7 @@ def test_tiny_forward_losses_and_per_term_grads_finite(tiny):
         o, _ = m.apply({**v, "params": params}, batch, train=True, mutable=["batch_stats"])
         return loss_terms(o, batch, LossConfig())[0]
 
-    report, grads = diagnose(terms_fn, v["params"], batch)
+    report, grads = diagnose(terms_fn, v["params"], batch, method="scan")  # as the trainer
     assert set(report["terms"]) == set(STAGE2_WEIGHTS)
     assert report["all_finite"], report
     # The triplet term reaches the support encoder's trainable blocks, never the frozen ones.

@@ -14,8 +14,7 @@ import pathlib
 from typing import NamedTuple
 
 from jdet.data.report import Report
-
-Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
+from jdet.submission import Box  # x1, y1, x2, y2 in pixels
 
 
 class RawBox(NamedTuple):

@@ -42,8 +42,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from jdet.data import video as video_io
-from jdet.data.annotations import Box, check_boxes, parse_annotations
+from jdet.data.annotations import check_boxes, parse_annotations
 from jdet.data.report import DatasetError, Report
+from jdet.submission import Box
 
 __all__ = [
     "DatasetError",
