@@ -104,6 +104,7 @@ def test_strided_conv_gradients_match_lax(shape):
         tree_close(variables, plain, what=f"init at {size}")
 
 
+@pytest.mark.deep  # 2 min; each fast op is checked above against Flax's
 def test_yolo_fast_matches_plain():
     """Tiny YOLOv8: same variables; train/eval outputs and batch statistics agree to 1e-5; the
     parameter gradients of a random linear loss are as close to a float64 reference as the plain

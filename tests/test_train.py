@@ -295,3 +295,11 @@ def test_truncate_after_drops_records_past_the_resumed_step(tmp_path):
     assert truncate_after(path, 1) == 2
     assert [r["step"] for r in read_jsonl(path)] == [1]
     assert truncate_after(path, 5) == 0 and truncate_after(tmp_path / "none.jsonl", 0) == 0
+
+
+def test_stage2_weights_of_the_tests_are_the_config_defaults():
+    from jdet.config import base_config
+    from tests.helpers import STAGE2_WEIGHTS
+
+    config = base_config()
+    assert {name: config.loss[name] for name in STAGE2_WEIGHTS} == STAGE2_WEIGHTS
