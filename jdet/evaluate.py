@@ -22,11 +22,12 @@ from collections.abc import Sequence
 from jdet import _xla_defaults
 from jdet.checkpoint import CheckpointError, load_run
 from jdet.cli import one_line
-from jdet.config import predict_options
+from jdet.config import predict_options, temporal_options
 from jdet.data.prepare import eval_samples
 from jdet.data.report import DatasetError
 from jdet.evaluation.run import evaluate_records, format_metrics, write_report
 from jdet.evaluation.st_iou import per_video_table, st_iou
+from jdet.inference import temporal
 from jdet.inference.predictor import Predictor, load_samples
 from jdet.submission import SubmissionError, load_ground_truth, names, read_submission
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--stride", type=int, default=None, help="--workdir: every n-th frame")
     parser.add_argument("--max-frames", type=int, default=None, help="--workdir: per video")
+    temporal.add_flags(parser, "the run's eval.temporal config")
     return parser
 
 
@@ -108,16 +110,17 @@ def _main_workdir(args: argparse.Namespace) -> int:
                     args.workdir, "the run has no validation set: pass --samples ROOT"
                 )
         e = config.eval
+        temporal_opts = temporal.from_flags(args, temporal_options(config))
         predictor = Predictor.from_checkpoint(args.workdir, predict_options(config))
         records = load_samples(samples)
-    except (CheckpointError, DatasetError, FileNotFoundError) as err:
+    except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as err:
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         return 2
     print(f"jdet.evaluate: {predictor.description} on {samples} ({len(records)} videos)")
     stride = e.stride if args.stride is None else args.stride
     max_frames = (e.max_frames or None) if args.max_frames is None else args.max_frames
     result = evaluate_records(
-        predictor, records, stride=stride, max_frames=max_frames, conf_threshold=e.conf_threshold
+        predictor, records, stride=stride, max_frames=max_frames, temporal=temporal_opts
     )
     written = write_report(args.workdir, result, records)
     print(per_video_table(result.gt, result.submission, result.per_video))

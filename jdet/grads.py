@@ -99,20 +99,28 @@ def grad_stats(grads: Mapping[str, PyTree]) -> dict[str, jax.Array]:
       norm [K]: global L2 norm (non-finite entries ignored, so a NaN term still shows scale);
       max_abs [K]: largest finite |g|;
       cosine [K, K]: cosine similarity between term gradients (0 where a norm is 0).
+
+    Summed leaf by leaf: concatenating all parameters into one [K, P] matrix made a program
+    that took XLA:CPU ~2 min to compile for the tiny RefDet. Call it inside a jitted function
+    (as `diagnose` does) or through `jax.jit`: op by op, its ~4 ops per parameter leaf took
+    ~10 s on the tiny RefDet over 8 CPU devices.
     """
     names = sorted(grads)
-    leaves = [jax.tree.leaves(grads[k]) for k in names]
-    finite = jnp.stack([jnp.all(jnp.stack([jnp.isfinite(x).all() for x in ls])) for ls in leaves])
-    clean = [
-        [jnp.where(jnp.isfinite(x), x, 0.0).astype(jnp.float32).ravel() for x in ls]
-        for ls in leaves
-    ]
-    flat = jnp.stack([jnp.concatenate(c) for c in clean])  # [K, P]
-    gram = flat @ flat.T  # [K, K]
+    per_leaf = zip(*(jax.tree.leaves(grads[k]) for k in names))  # K gradients of each leaf
+    k = len(names)
+    finite = jnp.ones((k,), bool)
+    gram = jnp.zeros((k, k), jnp.float32)
+    max_abs = jnp.zeros((k,), jnp.float32)
+    for leaf in per_leaf:
+        x = jnp.stack([g.astype(jnp.float32).reshape(-1) for g in leaf])  # [K, n]
+        ok = jnp.isfinite(x)
+        finite &= ok.all(-1)
+        x = jnp.where(ok, x, 0.0)
+        gram += x @ x.T
+        max_abs = jnp.maximum(max_abs, jnp.abs(x).max(-1, initial=0.0))
     norm = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
     denom = norm[:, None] * norm[None, :]
     cosine = jnp.where(denom > 0, gram / jnp.where(denom > 0, denom, 1.0), 0.0)
-    max_abs = jnp.abs(flat).max(-1)
     return dict(finite=finite, norm=norm, max_abs=max_abs, cosine=cosine)
 
 
@@ -121,7 +129,7 @@ def grad_report(
 ) -> dict[str, Any]:
     """Host-side JSON-able report: per term value, finite, norm, max |g|, cosines."""
     names = sorted(grads)
-    stats = jax.device_get(grad_stats(grads) if stats is None else stats)
+    stats = jax.device_get(jax.jit(grad_stats)(grads) if stats is None else stats)
     values = jax.device_get({k: terms[k] for k in names})
     report: dict[str, Any] = {"terms": {}, "all_finite": True}
     for i, name in enumerate(names):
@@ -202,11 +210,15 @@ def diagnose(
             return fn(*fn_args, params, *args, **kwargs)
         return compile_fn(fn, *fn_args, params, *args, **kwargs)(params, *args)
 
-    fast = jax.jit(per_term_grads, static_argnums=0, static_argnames=("has_aux", "method"))
-    out = run(fast, terms_fn, has_aux=has_aux, method=method)
+    def with_stats(fn, p, *a, has_aux, method):
+        out = per_term_grads(fn, p, *a, has_aux=has_aux, method=method)
+        return out, grad_stats(out[1])  # in the same program: no second compile
+
+    fast = jax.jit(with_stats, static_argnums=0, static_argnames=("has_aux", "method"))
+    out, stats = run(fast, terms_fn, has_aux=has_aux, method=method)
     terms, grads = out[0], dict(out[1])
     names = sorted(grads)
-    stats = jax.device_get(grad_stats(grads))
+    stats = jax.device_get(stats)
     if method == "separate" or bool(stats["finite"].all()):
         # "separate" gave every term its own backward pass: no NaN leaked between terms.
         report = grad_report(terms, grads, stats)
@@ -231,7 +243,7 @@ def diagnose(
 
         regrads = run(jax.jit(without_non_finite))
         grads.update({n: regrads[n] for n in suspects})
-        finite = jax.device_get(grad_stats({n: grads[n] for n in suspects})["finite"])
+        finite = jax.device_get(jax.jit(grad_stats)({n: grads[n] for n in suspects})["finite"])
         suspects = [n for n, ok in zip(suspects, finite) if not ok]  # both in sorted order
     if suspects:
         alone = tuple(suspects)

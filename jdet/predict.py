@@ -3,16 +3,23 @@
     python -m jdet.predict --checkpoint runs/quickstart --samples data/test --out submission.json
 
 `--checkpoint` takes a run directory (its `best/` weights when evaluation kept some, else its
-latest checkpoint), a `checkpoints/` folder, or a weights folder written by the trainer. The
-submission keeps, per frame, the highest-scoring box with score ≥ `--conf` (the challenge
-scores one box per frame); every video is present, with `"detections": []` when nothing is
-found. The library is `jdet.inference.predictor`; this command does not import the training
-code.
+latest checkpoint), a `checkpoints/` folder, or a weights folder written by the trainer. Which
+box each frame reports is decided over time (`jdet.inference.temporal`: thresholds,
+hysteresis, gap filling, minimum interval length, smoothing; offline or causal); the flags
+default to the recipe-independent defaults of `TemporalOptions`, and `--temporal frame`
+keeps the per-frame rule (highest box ≥ `--conf`). Every video is present, with
+`"detections": []` when nothing is found.
+
+Also written: the per-video wall time as CSV (`video_id,time_ms`; `--times`, default
+time_submission.csv beside `--out`) and, with `--save-video DIR`, each video with the reported
+boxes drawn (green; the ground truth in magenta where the folder has annotations). The
+library is `jdet.inference`; this command does not import the training code.
 """
 
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 import time
 from collections.abc import Sequence
@@ -22,8 +29,19 @@ from jdet.checkpoint import CheckpointError
 from jdet.data import video as video_io
 from jdet.data.report import DatasetError
 from jdet.data.zalo import MIN_REFERENCES
+from jdet.inference import temporal
+from jdet.inference.overlay import write_overlay
 from jdet.inference.predictor import PredictOptions, Predictor, load_samples, predict_folder
-from jdet.submission import submission_from_detections, write_submission
+from jdet.inference.temporal import TemporalOptions
+from jdet.submission import write_submission
+
+
+def write_times(path: pathlib.Path, seconds: dict[str, float]) -> pathlib.Path:
+    """The per-video wall times as CSV: a `video_id,time_ms` header, one row per video."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [f"{vid},{round(1000 * s)}" for vid, s in seconds.items()]
+    path.write_text("\n".join(["video_id,time_ms", *rows]) + "\n")
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,8 +55,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="submission JSON to write")
     parser.add_argument("--stride", type=int, default=1, help="predict every n-th frame")
     parser.add_argument("--max-frames", type=int, default=None, help="per video (quick looks)")
-    parser.add_argument("--conf", type=float, default=PredictOptions.conf_threshold)
-    parser.add_argument("--iou", type=float, default=PredictOptions.iou_threshold)
+    parser.add_argument("--iou", type=float, default=PredictOptions.iou_threshold, help="NMS")
+    parser.add_argument(
+        "--times",
+        type=pathlib.Path,
+        default=None,
+        help="per-video wall time CSV (video_id,time_ms); default time_submission.csv beside --out",
+    )
+    parser.add_argument(
+        "--save-video",
+        type=pathlib.Path,
+        default=None,
+        metavar="DIR",
+        help="also write DIR/<video_id>.mp4 with the boxes drawn",
+    )
     parser.add_argument("--batch-size", type=int, default=PredictOptions.batch_size)
     parser.add_argument(
         "--min-references",
@@ -46,15 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=MIN_REFERENCES,
         help="reference photos each sample must have (img_1..img_K; fewer for K-shot tests)",
     )
+    temporal.add_flags(parser, "jdet's defaults")
     args = parser.parse_args(argv)
     _xla_defaults.apply()  # before anything starts a JAX backend
     if args.stride < 1 or args.batch_size < 1 or args.min_references < 1:
         parser.error("--stride, --batch-size and --min-references must be >= 1")
-    if not 0.0 <= args.conf <= 1.0:
-        parser.error("--conf must be in [0, 1]")
-    options = PredictOptions(
-        conf_threshold=args.conf, iou_threshold=args.iou, batch_size=args.batch_size
-    )
+    try:
+        decisions = temporal.from_flags(args, TemporalOptions())
+    except ValueError as err:
+        parser.error(str(err))
+    options = PredictOptions(iou_threshold=args.iou, batch_size=args.batch_size)
     try:
         records = load_samples(args.samples, min_references=args.min_references)
         predictor = Predictor.from_checkpoint(args.checkpoint, options)
@@ -62,22 +93,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"jdet.predict: {predictor.description}; {len(records)} video(s)", flush=True)
-    start = time.perf_counter()
+    seconds: dict[str, float] = {}
     try:
         detections = predict_folder(
-            predictor, records, stride=args.stride, max_frames=args.max_frames
+            predictor, records, stride=args.stride, max_frames=args.max_frames, seconds=seconds
         )
     except video_io.VideoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    seconds = time.perf_counter() - start
-    tracks = submission_from_detections(detections, args.conf)
+    tracks = {}
+    for record in records:  # the decision is part of each video's time
+        start = time.perf_counter()
+        tracks[record.video_id] = temporal.decide(
+            detections[record.video_id], decisions, record.video_id
+        )
+        seconds[record.video_id] += time.perf_counter() - start
     path = write_submission(args.out, tracks, [r.video_id for r in records])
+    times = args.times or pathlib.Path(args.out).with_name("time_submission.csv")
+    write_times(times, seconds)
     frames = sum(len(d) for d in detections.values())
+    total = sum(seconds.values())
     print(
         f"wrote {path}: {sum(len(t) for t in tracks.values())} boxes in {frames} frames of "
-        f"{len(records)} video(s), {frames / max(seconds, 1e-9):.1f} frames/s"
+        f"{len(records)} video(s) ({decisions.mode} decisions), "
+        f"{frames / max(total, 1e-9):.1f} frames/s; {times}"
     )
+    if args.save_video is not None:
+        for record in records:
+            out = write_overlay(
+                record.video_path,
+                args.save_video / f"{record.video_id}.mp4",
+                tracks[record.video_id],
+                record.boxes,
+            )
+            print(f"wrote {out}")
     return 0
 
 

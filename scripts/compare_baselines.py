@@ -22,7 +22,7 @@ import numpy as np
 
 from jdet.baselines import template as baseline
 from jdet.checkpoint import load_run
-from jdet.config import predict_options
+from jdet.config import predict_options, temporal_options
 from jdet.data.prepare import VAL_SEED_OFFSET, ensure_synthetic, eval_samples
 from jdet.evaluation.coco import coco_map
 from jdet.evaluation.run import evaluate_records, write_report
@@ -54,17 +54,17 @@ def main(argv=None) -> int:
     out.mkdir(exist_ok=True)
     rows = []
 
-    e = config.eval
+    decisions = temporal_options(config)
     predictor = Predictor.from_checkpoint(args.workdir, predict_options(config))
     step = predictor.description.split("(step ")[-1].split(",")[0]
     name = f"jdet (best weights, step {step})" if "(step " in predictor.description else "jdet"
-    result = evaluate_records(predictor, records, conf_threshold=e.conf_threshold)
+    result = evaluate_records(predictor, records, temporal=decisions)
     write_report(out / "jdet", result, records)
     frames_run = sum(len(d) for d in result.detections.values())
     fps = frames_run / result.seconds
     rows.append(
         (
-            f"{name}, conf {e.conf_threshold}",
+            f"{name}, {decisions.mode} decisions, conf {decisions.threshold}",
             result.metrics["metrics/st_iou"],
             result.metrics["metrics/mAP50"],
             fps,

@@ -21,8 +21,7 @@ def predictor() -> Predictor:
     model = RefDet(yolo_scale="t2", encoder="dinov3-tiny", frozen_blocks=1, nc_base=0)
     batch = refdet_batch(b=2, n=2, k=3, hw=(QUERY, QUERY), s=SUPPORT)
     variables = run_once(jax.jit(model.init), jax.random.PRNGKey(0), batch)
-    # conf 0: a random model's scores are low; every frame then gets its boxes
-    options = PredictOptions(conf_threshold=0.0, batch_size=BATCH, max_det=20)
+    options = PredictOptions(batch_size=BATCH, max_det=20)
     return Predictor(model, variables, query_size=QUERY, support_size=SUPPORT, options=options)
 
 

@@ -16,7 +16,8 @@ from jdet.evaluation import plots
 from jdet.evaluation.coco import coco_map
 from jdet.evaluation.st_iou import per_video_table, st_iou
 from jdet.inference.predictor import Predictor, predict_folder
-from jdet.submission import Detections, Tracks, submission_from_detections, write_submission
+from jdet.inference.temporal import TemporalOptions, decide_all
+from jdet.submission import Detections, Tracks, write_submission
 
 
 @dataclasses.dataclass
@@ -38,12 +39,12 @@ def evaluate_records(
     *,
     stride: int = 1,
     max_frames: int | None = None,
-    conf_threshold: float = 0.25,
+    temporal: TemporalOptions = TemporalOptions(),
     progress: bool = True,
 ) -> EvalResult:
-    """Run `predictor` over `records` (jdet.data.zalo.VideoRecord)
-    and score it: ST-IoU on the submission (top box ≥ conf_threshold per frame) and COCO mAP
-    on all detections, both over the frames that were run."""
+    """Run `predictor` over `records` (jdet.data.zalo.VideoRecord) and score it: ST-IoU on the
+    submission (the boxes `temporal` decides to report) and COCO mAP on all detections, both
+    over the frames that were run."""
     start = time.perf_counter()
     detections = predict_folder(
         predictor, records, stride=stride, max_frames=max_frames, progress=progress
@@ -55,7 +56,11 @@ def evaluate_records(
         r.video_id: {f: b for f, b in r.boxes.items() if f in detections[r.video_id]}
         for r in records
     }
-    submission = submission_from_detections(detections, conf_threshold)
+    # With a stride the temporal step also fills frames between those run; they are not scored.
+    submission = {
+        vid: {f: b for f, b in boxes.items() if f in detections[vid]}
+        for vid, boxes in decide_all(detections, temporal).items()
+    }
     mean, per_video = st_iou(gt, submission)
     coco = coco_map(gt, detections, frames)
     metrics = {

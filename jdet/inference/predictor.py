@@ -7,7 +7,7 @@ and NMS'd on device, and mapped back to frame pixels.
 
 `Predictor.from_checkpoint(path)` (a run, checkpoints/ or best/; `jdet.checkpoint.load_run`),
 `Predictor.predict_video(...)`, `predict_folder(...)` → `jdet.submission.Detections`; the
-challenge's one box per frame is `jdet.submission.submission_from_detections`. The command
+challenge's one box per frame is decided from them by `jdet.inference.temporal`. The command
 line is `python -m jdet.predict`.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -35,10 +36,9 @@ from jdet.submission import Detections, FrameDetections
 
 @dataclasses.dataclass(frozen=True)
 class PredictOptions:
-    """Inference settings (defaults as the original's, docs/original.md §6: conf 0.25, NMS
-    IoU 0.45)."""
+    """Detection settings (defaults as the original's, docs/original.md §6: NMS IoU 0.45). Which
+    box each frame reports is decided afterwards (jdet.inference.temporal)."""
 
-    conf_threshold: float = 0.25  # the submission's per-frame threshold
     nms_conf_threshold: float = 0.001  # kept for mAP (COCO-style evaluation wants low scores)
     iou_threshold: float = 0.45
     max_det: int = 100
@@ -182,8 +182,12 @@ def predict_folder(
     stride: int = 1,
     max_frames: int | None = None,
     progress: bool = True,
+    seconds: dict[str, float] | None = None,
 ) -> Detections:
-    """Every video of a folder → {video_id: {frame: [n, 5]}} (a tqdm bar over frames)."""
+    """Every video of a folder → {video_id: {frame: [n, 5]}} (a tqdm bar over frames).
+
+    seconds: if given, filled with each video's wall time (reference photos read and encoded,
+    frames decoded and run)."""
     records = list(records)
     total = sum(
         len(
@@ -199,6 +203,7 @@ def predict_folder(
     with tqdm(total=total, unit="frame", desc="predict", disable=not progress) as bar:
         for record in records:
             bar.set_postfix(video=record.video_id)
+            start = time.perf_counter()
             photos = [zalo.load_reference(p) for p in record.reference_paths]
             out[record.video_id] = predictor.predict_video(
                 record.video_path,
@@ -207,4 +212,6 @@ def predict_folder(
                 max_frames=max_frames,
                 on_frames=bar.update,
             )
+            if seconds is not None:
+                seconds[record.video_id] = time.perf_counter() - start
     return out

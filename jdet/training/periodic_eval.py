@@ -14,7 +14,7 @@ import jax
 
 from jdet import checkpoint
 from jdet.checkpoint import BEST
-from jdet.config import predict_options
+from jdet.config import predict_options, temporal_options
 from jdet.evaluation.run import evaluate_records, write_report
 from jdet.inference.predictor import Predictor, load_samples
 
@@ -56,7 +56,7 @@ class Evaluator:
             self.records,
             stride=e.stride,
             max_frames=e.max_frames or None,
-            conf_threshold=e.conf_threshold,
+            temporal=temporal_options(self.config),
             progress=False,
         )
         record = {"step": int(step), **result.metrics}
