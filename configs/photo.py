@@ -25,8 +25,8 @@ def get_config(arg: str | None = None):
     folds = pathlib.Path(arg or "folds/0")
     c.data.source = str(folds / "train")
     c.eval.samples = str(folds / "val")
-    c.data.query_size = 320
-    c.data.support_size = 96
+    c.data.query_size = 256
+    c.data.support_size = 64
     c.data.max_boxes = 4
     c.data.mosaic_prob = 0.3
     c.data.num_threads = 2
@@ -43,7 +43,7 @@ def get_config(arg: str | None = None):
     c.optim.warmup_steps = 20
     c.train.update(
         dict(
-            total_steps=1200,
+            total_steps=1000,
             batch_size=8,
             log_every_steps=10,
             ckpt_every_steps=400,

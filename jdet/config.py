@@ -112,6 +112,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.temporal = ml_collections.ConfigDict(dataclasses.asdict(TemporalOptions()))
     c.eval.iou_threshold = 0.45  # NMS
     c.eval.max_det = 100
+    # Tiled inference for small objects (jdet.inference.tiling): crops of `tile` frame pixels
+    # overlapping by `tile_overlap`, plus the whole frame with `tile_full`; 0 = off.
+    c.eval.tile = 0
+    c.eval.tile_overlap = 0.25
+    c.eval.tile_full = True
     c.eval.best_metric = "metrics/st_iou"  # higher is better; its best weights → workdir/best
 
     c.debug = ml_collections.ConfigDict()
@@ -175,6 +180,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= e.iou_threshold <= 1.0:
         raise ValueError(f"eval.iou_threshold must be in [0, 1], got {e.iou_threshold}")
     temporal_options(config)
+    try:
+        predict_options(config)
+    except ValueError as err:
+        raise ValueError(f"eval.{err}") from None
     if e.best_metric not in EVAL_METRICS:
         raise ValueError(f"eval.best_metric must be one of {EVAL_METRICS}, got {e.best_metric!r}")
     if d.val_videos < 0:
@@ -262,6 +271,9 @@ def predict_options(config: ml_collections.ConfigDict) -> PredictOptions:
         iou_threshold=e.iou_threshold,
         max_det=e.max_det,
         batch_size=e.batch_size,
+        tile=e.get("tile", 0),
+        tile_overlap=e.get("tile_overlap", 0.25),
+        tile_full=e.get("tile_full", True),
     )
 
 

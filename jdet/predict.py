@@ -71,6 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=int, default=PredictOptions.batch_size)
     parser.add_argument(
+        "--tile",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="small objects: also run overlapping PX × PX crops of each frame (0: off)",
+    )
+    parser.add_argument("--tile-overlap", type=float, default=PredictOptions.tile_overlap)
+    parser.add_argument(
         "--min-references",
         type=int,
         default=MIN_REFERENCES,
@@ -85,7 +93,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         decisions = temporal.from_flags(args, TemporalOptions())
     except ValueError as err:
         parser.error(str(err))
-    options = PredictOptions(iou_threshold=args.iou, batch_size=args.batch_size)
+    try:
+        options = PredictOptions(
+            iou_threshold=args.iou,
+            batch_size=args.batch_size,
+            tile=args.tile,
+            tile_overlap=args.tile_overlap,
+        )
+    except ValueError as err:
+        parser.error("--" + str(err).replace("_", "-", 1))
     try:
         records = load_samples(args.samples, min_references=args.min_references)
         predictor = Predictor.from_checkpoint(args.checkpoint, options)

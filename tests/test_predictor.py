@@ -3,6 +3,8 @@ frame coordinates, strides, batch independence, determinism and bad inputs."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -68,6 +70,35 @@ def test_detect_frames_takes_one_to_batch_size_frames(predictor):
     for count in (0, BATCH + 1):
         with pytest.raises(ValueError, match=f"1..{BATCH} frames"):
             predictor.detect_frames([frame] * count, protos)
+
+
+def test_tiled_detection_merges_crops_into_frame_boxes(predictor):
+    """Tiles of 48 px over a 64 × 96 frame: 6 crops and the frame, one batch of 7 of 8 for
+    one frame; two frames take two batches. Boxes stay in the frame, sorted by score; with a
+    tile as large as the frame the result is the untiled one."""
+    protos = predictor.encode_references(_photos())
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 256, (64, 96, 3), np.uint8) for _ in range(2)]
+    tiled = Predictor(
+        predictor.model,
+        predictor.variables,
+        query_size=QUERY,
+        support_size=SUPPORT,
+        options=dataclasses.replace(predictor.options, tile=48, tile_overlap=0.25),
+    )
+    for frame, d in zip(frames, tiled.detect_frames(frames, protos)):
+        assert d.dtype == np.float32 and 0 < len(d) <= 20
+        assert (d[:, 0] >= 0).all() and (d[:, 2] <= 96).all() and (d[:, 1] >= 0).all()
+        assert (d[:, 3] <= 64).all() and (np.diff(d[:, 4]) <= 0).all()
+    whole = dataclasses.replace(predictor.options, tile=96, tile_full=False)
+    same = Predictor(
+        predictor.model, predictor.variables, query_size=QUERY, support_size=SUPPORT, options=whole
+    )
+    plain = predictor.detect_frames(frames, protos)
+    for a, b in zip(same.detect_frames(frames, protos), plain):
+        # one crop, the frame itself: NMS'd boxes, merged again (IoU 0.5 over NMS's 0.45)
+        assert len(a) <= len(b)
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-4)
 
 
 def test_predict_video_strides_limits_and_repeats(predictor, samples):

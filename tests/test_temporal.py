@@ -230,9 +230,11 @@ def test_malformed_detections_name_video_and_frame():
         (["--max-gap", "-1"], "--max-gap"),
         (["--zscore", "nan"], "--zscore"),
         (["--conf", "2"], "--conf"),
+        (["--tile", "-1"], "--tile"),
+        (["--tile-overlap", "1"], "--tile-overlap"),
     ],
 )
-def test_predict_cli_names_a_bad_temporal_flag(flags, named, tmp_path, capsys):
+def test_predict_cli_names_a_bad_flag(flags, named, tmp_path, capsys):
     from jdet import predict
 
     argv = ["--checkpoint", str(tmp_path), "--samples", str(tmp_path), "--out", "x.json"]
@@ -240,3 +242,22 @@ def test_predict_cli_names_a_bad_temporal_flag(flags, named, tmp_path, capsys):
         predict.main([*argv, *flags])
     assert exit_info.value.code == 2
     assert f"error: {named} must" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("temporal.max_gap", -2, "eval.temporal.max_gap must be >= 0"),
+        ("temporal.mode", "online", "eval.temporal.mode must be one of"),
+        ("tile", -1, "eval.tile must be >= 0"),
+    ],
+)
+def test_config_names_a_bad_eval_field(field, value, message):
+    from jdet.config import base_config, validate
+
+    config = base_config()
+    name = field.rpartition(".")[2]
+    target = config.eval.temporal if field.startswith("temporal.") else config.eval
+    target[name] = value
+    with pytest.raises(ValueError, match=message):
+        validate(config)

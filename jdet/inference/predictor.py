@@ -28,6 +28,7 @@ from jdet.checkpoint import load_run
 from jdet.data import transforms as T
 from jdet.data import video as video_io
 from jdet.data import zalo
+from jdet.inference import tiling
 from jdet.models import build_model
 from jdet.models.refdet import RefDet
 from jdet.postprocess import postprocess, unletterbox
@@ -43,6 +44,18 @@ class PredictOptions:
     iou_threshold: float = 0.45
     max_det: int = 100
     batch_size: int = 8
+    # Tiled inference for small objects (jdet.inference.tiling): crops of `tile` frame pixels
+    # overlapping by `tile_overlap`, each run at the query size, boxes merged back; with
+    # `tile_full` the whole frame is run too. 0: off (the whole frame only).
+    tile: int = 0
+    tile_overlap: float = 0.25
+    tile_full: bool = True
+
+    def __post_init__(self):
+        if self.tile < 0:
+            raise ValueError(f"tile must be >= 0 (0: off), got {self.tile}")
+        if not 0.0 <= self.tile_overlap < 1.0:
+            raise ValueError(f"tile_overlap must be in [0, 1), got {self.tile_overlap}")
 
 
 class Predictor:
@@ -111,23 +124,56 @@ class Predictor:
         support = support.astype(np.float32)[None, None] / 255.0  # [1, 1, K, S, S, 3]
         return self._encode(self.variables, support)
 
+    def _run(self, images: list[np.ndarray], prototypes) -> list[np.ndarray]:
+        """Images ([h, w, 3] uint8, any size) → per image [n, 5] in its own pixels, in fixed
+        batches of batch_size (one compilation)."""
+        bsz, size = self.options.batch_size, self.query_size
+        out = []
+        for start in range(0, len(images), bsz):
+            chunk = images[start : start + bsz]
+            query = np.zeros((bsz, size, size, 3), np.float32)
+            for i, image in enumerate(chunk):
+                query[i] = T.letterbox(image, T.as_boxes(None), size)[0] / 255.0
+            det = jax.device_get(self._detect(self.variables, query, prototypes))
+            for i, image in enumerate(chunk):
+                keep = det.valid[i]
+                boxes = unletterbox(det.boxes[i][keep], image.shape[:2], size)
+                out.append(np.concatenate([boxes, det.scores[i][keep, None]], 1))
+        return out
+
     def detect_frames(
         self, frames: Sequence[np.ndarray], prototypes: dict[str, jax.Array]
     ) -> list[np.ndarray]:
-        """Up to batch_size frames ([H, W, 3] uint8) → per frame [n, 5] f32 in frame pixels."""
-        bsz, size = self.options.batch_size, self.query_size
-        if not 0 < len(frames) <= bsz:
-            raise ValueError(f"detect_frames takes 1..{bsz} frames, got {len(frames)}")
-        query = np.zeros((bsz, size, size, 3), np.float32)  # fixed shape: one compilation
-        for i, frame in enumerate(frames):
-            query[i] = T.letterbox(frame, T.as_boxes(None), size)[0] / 255.0
-        det = jax.device_get(self._detect(self.variables, query, prototypes))
-        out = []
-        for i, frame in enumerate(frames):
-            keep = det.valid[i]
-            boxes = unletterbox(det.boxes[i][keep], frame.shape[:2], size)
-            out.append(np.concatenate([boxes, det.scores[i][keep, None]], 1).astype(np.float32))
-        return out
+        """Up to batch_size frames ([H, W, 3] uint8) → per frame [n, 5] f32 in frame pixels
+        (with `tile`, the merged detections of the frame's crops)."""
+        o = self.options
+        if not 0 < len(frames) <= o.batch_size:
+            raise ValueError(f"detect_frames takes 1..{o.batch_size} frames, got {len(frames)}")
+        if not o.tile:
+            return [d.astype(np.float32) for d in self._run(list(frames), prototypes)]
+        images, owners = [], []  # each crop and (frame index, crop box, is the whole frame)
+        for f, frame in enumerate(frames):
+            h, w = frame.shape[:2]
+            if o.tile_full:
+                images.append(frame)
+                owners.append((f, np.array([0, 0, w, h], np.float32)))
+            for crop in tiling.tile_grid(h, w, o.tile, o.tile_overlap):
+                x1, y1, x2, y2 = crop.astype(int)
+                images.append(frame[y1:y2, x1:x2])
+                owners.append((f, crop))
+        parts: list[list[np.ndarray]] = [[] for _ in frames]
+        cuts: list[list[np.ndarray]] = [[] for _ in frames]
+        for (f, crop), det in zip(owners, self._run(images, prototypes)):
+            det = det.copy()
+            det[:, [0, 2]] += crop[0]
+            det[:, [1, 3]] += crop[1]
+            parts[f].append(det)
+            cuts[f].append(tiling.cut_by_edge(det, crop, frames[f].shape[:2]))
+        merged = []
+        for f in range(len(frames)):
+            m = tiling.merge(np.concatenate(parts[f]), np.concatenate(cuts[f]))
+            merged.append(m[: o.max_det].astype(np.float32))
+        return merged
 
     def predict_video(
         self,
