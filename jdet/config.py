@@ -56,6 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.augment = True
     c.data.mosaic_prob = 0.5
     c.data.negative_ratio = 0.25
+    # Share of positive query frames made by pasting the reference photos' object into frames
+    # of the same video without it (jdet.data.copy_paste); 0 = off.
+    c.data.copy_paste = 0.0
     c.data.episodes_per_epoch = 500
     c.data.worker_count = 0
     c.data.num_threads = 2
@@ -233,6 +236,7 @@ def episode_config(config: ml_collections.ConfigDict) -> EpisodeConfig:
         augment=d.augment,
         mosaic_prob=d.mosaic_prob,
         negative_ratio=d.negative_ratio,
+        copy_paste=d.get("copy_paste", 0.0),
         episodes_per_epoch=d.episodes_per_epoch,
         episodes_per_batch=config.train.batch_size // per_episode,
     )

@@ -228,3 +228,21 @@ def submission_from_detections(
                 boxes[int(frame)] = (float(best[0]), float(best[1]), float(best[2]), float(best[3]))
         tracks[video_id] = boxes
     return tracks
+
+
+def save_detections(path: str | os.PathLike, detections: Mapping[str, Mapping[int, Any]]) -> None:
+    """`Detections` → one .npz (a [n, 5] array per video and frame, keyed "video_id/frame")."""
+    arrays = {
+        f"{v}/{f}": np.asarray(d) for v, frames in detections.items() for f, d in frames.items()
+    }
+    np.savez_compressed(path, **arrays)
+
+
+def load_detections(path: str | os.PathLike) -> Detections:
+    """What `save_detections` wrote."""
+    out: Detections = {}
+    with np.load(path) as data:
+        for key in data.files:
+            video_id, frame = key.rsplit("/", 1)
+            out.setdefault(video_id, {})[int(frame)] = data[key]
+    return {v: dict(sorted(frames.items())) for v, frames in out.items()}

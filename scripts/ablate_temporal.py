@@ -24,8 +24,6 @@ import json
 import pathlib
 import time
 
-import numpy as np
-
 from jdet.checkpoint import load_run
 from jdet.config import predict_options, temporal_options
 from jdet.data.prepare import eval_samples
@@ -33,6 +31,7 @@ from jdet.evaluation.coco import coco_map
 from jdet.evaluation.st_iou import st_iou
 from jdet.inference.predictor import Predictor, load_samples, predict_folder
 from jdet.inference.temporal import TemporalOptions, decide_all
+from jdet.submission import load_detections, save_detections
 
 # The steps in the order they are added, each with the option values that turn it on.
 STEPS = ("adaptive", "keep_ratio", "assoc_iou", "max_gap", "min_length", "smooth")
@@ -47,22 +46,6 @@ GRID = {
     "smooth": [0.0, 0.3, 0.5, 0.7],
 }
 MIDDLE = dict(adaptive=True, keep_ratio=0.6, assoc_iou=0.3, max_gap=6, min_length=3, smooth=0.5)
-
-
-def _save(path: pathlib.Path, detections, seconds: float) -> None:
-    arrays = {f"{v}/{f}": d for v, frames in detections.items() for f, d in frames.items()}
-    np.savez_compressed(path, __seconds__=np.float64(seconds), **arrays)
-
-
-def _load(path: pathlib.Path):
-    detections: dict = {}
-    with np.load(path) as data:
-        seconds = float(data["__seconds__"])
-        for key in data.files:
-            if key != "__seconds__":
-                vid, frame = key.rsplit("/", 1)
-                detections.setdefault(vid, {})[int(frame)] = data[key]
-    return detections, seconds
 
 
 def _score(gt, detections, options: TemporalOptions) -> float:
@@ -104,14 +87,17 @@ def main(argv=None) -> int:
     out = args.workdir / "ablation"
     out.mkdir(exist_ok=True)
     cache = out / f"detections_{pathlib.Path(samples).name}.npz"
-    if cache.exists():
-        detections, seconds = _load(cache)
+    timing = cache.with_suffix(".json")
+    if cache.exists() and timing.exists():
+        detections = load_detections(cache)
+        seconds = json.loads(timing.read_text())["seconds"]
     else:
         predictor = Predictor.from_checkpoint(args.workdir, predict_options(config))
         start = time.perf_counter()
         detections = predict_folder(predictor, records)
         seconds = time.perf_counter() - start
-        _save(cache, detections, seconds)
+        save_detections(cache, detections)
+        timing.write_text(json.dumps({"seconds": seconds}) + "\n")
     frames = sum(len(d) for d in detections.values())
     coco = coco_map(gt, detections, {v: sorted(d) for v, d in detections.items()})
     print(

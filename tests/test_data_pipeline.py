@@ -16,64 +16,23 @@ import subprocess
 import sys
 import textwrap
 
-import av
 import numpy as np
 import pytest
-from PIL import Image
 
 from jdet.data import tfds_builder as tb
 from jdet.data import tfds_source as ts
 from jdet.data.episodes import EpisodeConfig
 from jdet.data.loader import EpisodeLoader
 from jdet.data.pipeline import BATCH_KEYS, make_dataset, make_iterator
+from tests.helpers import make_square_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = {"query_size": 64, "support_size": 32, "episodes_per_epoch": 8}
-COLOURS = [(230, 40, 40), (40, 200, 60), (50, 80, 230), (230, 200, 30), (200, 40, 200)]
 
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures
 # ---------------------------------------------------------------------------------------------
-
-
-def make_square_dataset(
-    root: pathlib.Path,
-    num_videos: int = 5,
-    num_frames: int = 12,
-    height: int = 96,
-    width: int = 128,
-) -> pathlib.Path:
-    """Challenge layout: video v shows a square of COLOURS[v] on frames 3..9 (moving), grey
-    noise elsewhere; 3 reference photos of the square on white."""
-    rng = np.random.default_rng(0)
-    entries = []
-    for v in range(num_videos):
-        folder = root / "samples" / f"Object_{v}"
-        (folder / "object_images").mkdir(parents=True)
-        background = np.clip(rng.normal(100, 8, (height, width, 3)), 0, 255).astype(np.uint8)
-        container = av.open(str(folder / "drone_video.mp4"), "w")
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": "12"}
-        boxes = []
-        for f in range(num_frames):
-            frame = background.copy()
-            if 3 <= f < num_frames - 2:
-                x1, y1 = 8 + 6 * f, 10 + 4 * f
-                frame[y1 : y1 + 20, x1 : x1 + 24] = COLOURS[v % len(COLOURS)]
-                boxes.append({"frame": f, "x1": x1, "y1": y1, "x2": x1 + 24, "y2": y1 + 20})
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-        container.close()
-        for k in range(3):
-            photo = np.full((64 + 8 * k, 64, 3), 255, np.uint8)
-            photo[10:50, 12:52] = COLOURS[v % len(COLOURS)]
-            Image.fromarray(photo).save(folder / "object_images" / f"img_{k + 1}.jpg")
-        entries.append({"video_id": f"Object_{v}", "annotations": [{"bboxes": boxes}]})
-    (root / "annotations").mkdir(parents=True)
-    (root / "annotations" / "annotations.json").write_text(json.dumps(entries))
-    return root
 
 
 def make_raw_dataset(root: pathlib.Path) -> pathlib.Path:
@@ -311,20 +270,29 @@ def test_process_batches_concatenate_to_the_global_batch(built):
     """Two processes with 2 episodes each per batch: process 0's batch followed by process
     1's is the one-process batch of 4 episodes (what jdet.distributed.global_batch builds)."""
     one = make_dataset(
-        built, "train", EpisodeConfig(**SMALL, episodes_per_batch=4), seed=5, num_epochs=1,
-        process_index=0, process_count=1,
+        built,
+        "train",
+        EpisodeConfig(**SMALL, episodes_per_batch=4),
+        seed=5,
+        num_epochs=1,
+        process_index=0,
+        process_count=1,
     )
     parts = [
         make_dataset(
-            built, "train", EpisodeConfig(**SMALL, episodes_per_batch=2), seed=5, num_epochs=1,
-            process_index=p, process_count=2,
+            built,
+            "train",
+            EpisodeConfig(**SMALL, episodes_per_batch=2),
+            seed=5,
+            num_epochs=1,
+            process_index=p,
+            process_count=2,
         )
         for p in range(2)
     ]
     assert len(one) == 2 and [len(p) for p in parts] == [2, 2]
     glued = [
-        {k: np.concatenate([parts[0][i][k], parts[1][i][k]]) for k in BATCH_KEYS}
-        for i in range(2)
+        {k: np.concatenate([parts[0][i][k], parts[1][i][k]]) for k in BATCH_KEYS} for i in range(2)
     ]
     assert_batches_equal(list(one), glued)
 

@@ -398,3 +398,18 @@ def test_map_equals_pycocotools_on_random_set(seed):
     assert got["mAP50"] == pytest.approx(want50, abs=1e-6)
     assert got["mAP50-95"] == pytest.approx(want, abs=1e-6)
     assert 0.0 < got["mAP50"] < 1.0  # a non-trivial case
+
+
+def test_detections_round_trip_through_npz(tmp_path):
+    from jdet.submission import load_detections, save_detections
+
+    dets = {
+        "a_0": {3: np.array([[1, 2, 3, 4, 0.5]], np.float32), 0: np.zeros((0, 5), np.float32)},
+        "b_1": {7: np.array([[0, 0, 9, 9, 0.9], [1, 1, 2, 2, 0.1]], np.float32)},
+    }
+    save_detections(tmp_path / "d.npz", dets)
+    back = load_detections(tmp_path / "d.npz")
+    assert {v: list(f) for v, f in back.items()} == {"a_0": [0, 3], "b_1": [7]}
+    for v, frames in dets.items():
+        for f, d in frames.items():
+            np.testing.assert_array_equal(back[v][f], d)

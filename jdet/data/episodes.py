@@ -65,6 +65,10 @@ class EpisodeConfig:
     scale: tuple[float, float] = (0.8, 1.2)
     translate: float = 0.1
     support_mode: str = "weak"  # "none" | "weak" | "strong" (transforms.support_transform)
+    # Share of positive query frames made by copy-paste (jdet.data.copy_paste): a frame of the
+    # same video without its object, with the object cut from a reference photo pasted in at
+    # the real box's size and colour. Needs augment; 0 = off.
+    copy_paste: float = 0.0
     episodes_per_epoch: int = 500
     episodes_per_batch: int = 1
 
@@ -85,7 +89,7 @@ class EpisodeConfig:
             raise ValueError(
                 f"EpisodeConfig.query_size must be a multiple of 32, got {self.query_size}"
             )
-        for name in ("negative_ratio", "mosaic_prob", "flip_prob"):
+        for name in ("negative_ratio", "mosaic_prob", "flip_prob", "copy_paste"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(
                     f"EpisodeConfig.{name} must be in [0, 1], got {getattr(self, name)}"

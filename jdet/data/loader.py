@@ -23,7 +23,7 @@ import threading
 import numpy as np
 from PIL import Image
 
-from jdet.data import tfds_source
+from jdet.data import copy_paste, tfds_source
 from jdet.data import transforms as T
 from jdet.data.episodes import (
     NO_LABEL,
@@ -136,11 +136,50 @@ class EpisodeLoader:
         labels = np.full((len(boxes), 1), tile.label, np.float32)
         return image, np.concatenate([boxes, labels], axis=1)
 
+    def _cutout(self, record: int) -> np.ndarray:
+        """Reference record → the object cut from it, RGBA (cached, bounded LRU)."""
+        key = ("cutout", record)
+        with self._lock:
+            if key in self._support_cache:
+                self._support_cache.move_to_end(key)
+                return self._support_cache[key]
+        _, references = self._sources()
+        photo, _ = decode_jpeg(references[record]["image"])
+        rgba = copy_paste.cutout(photo)
+        with self._lock:
+            self._support_cache[key] = rgba
+            while len(self._support_cache) > self._support_cache_size:
+                self._support_cache.popitem(last=False)
+        return rgba
+
+    def _pasted_tile(self, tile: Tile, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A positive tile made by copy-paste: a frame of the same video without a box, with
+        the object of one of the video's reference photos pasted at the size and in the colour
+        of the real box of `tile` (the real frame is decoded for that)."""
+        video = self.index.video_of_record(tile.record)
+        real, real_boxes = self._load_tile(tile)
+        if not len(video.negatives) or not len(video.references) or not len(real_boxes):
+            return real, real_boxes
+        background, _ = self._load_tile(Tile(int(rng.choice(video.negatives)), tile.label, False))
+        if background.shape != real.shape:  # another resolution: use the real frame
+            return real, real_boxes
+        x1, y1, x2, y2 = real_boxes[0, :4]
+        patch = real[int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))]
+        rgba = self._cutout(int(rng.choice(video.references)))
+        image, box = copy_paste.paste(background, rgba, (x2 - x1, y2 - y1), rng, colour_patch=patch)
+        return image, np.array([[*box, tile.label]], np.float32)
+
     def _query(self, tiles: tuple[Tile, ...], rng: np.random.Generator) -> tuple:
         """One query image [s, s, 3] uint8 and its boxes [n, 5] (xyxy + way label)."""
         cfg = self.config
         size = cfg.query_size
-        loaded = [self._load_tile(t) for t in tiles]
+        loaded = []
+        for t in tiles:
+            paste = cfg.augment and cfg.copy_paste > 0 and t.positive and t.label != NO_LABEL
+            if paste and rng.random() < cfg.copy_paste:
+                loaded.append(self._pasted_tile(t, rng))
+            else:
+                loaded.append(self._load_tile(t))
         if len(loaded) == 4:  # mosaic: 2s canvas, then the affine crops back to s
             image, boxes = T.mosaic4([x[0] for x in loaded], [x[1] for x in loaded], rng, size=size)
         else:
