@@ -22,16 +22,12 @@ import argparse
 import dataclasses
 import json
 import pathlib
-import time
 
-from jdet.checkpoint import load_run
 from jdet.config import predict_options, temporal_options
-from jdet.data.prepare import eval_samples
 from jdet.evaluation.coco import coco_map
+from jdet.evaluation.run import cached_detections, run_videos
 from jdet.evaluation.st_iou import st_iou
-from jdet.inference.predictor import Predictor, load_samples, predict_folder
 from jdet.inference.temporal import TemporalOptions, decide_all
-from jdet.submission import load_detections, save_detections
 
 # The steps in the order they are added, each with the option values that turn it on.
 STEPS = ("adaptive", "keep_ratio", "assoc_iou", "max_gap", "min_length", "smooth")
@@ -78,26 +74,10 @@ def main(argv=None) -> int:
     parser.add_argument("--values", default=None, help="TemporalOptions fields as JSON")
     parser.add_argument("--tune", action="store_true", help="search the values on these videos")
     args = parser.parse_args(argv)
-    config, _, _ = load_run(args.workdir)
-    samples = args.samples or eval_samples(config, args.workdir)
-    if samples is None:
-        parser.error("the run has no validation videos: pass --samples")
-    records = load_samples(samples)
+    config, samples, records = run_videos(args.workdir, args.samples)
     gt = {r.video_id: dict(r.boxes) for r in records}
-    out = args.workdir / "ablation"
-    out.mkdir(exist_ok=True)
-    cache = out / f"detections_{pathlib.Path(samples).name}.npz"
-    timing = cache.with_suffix(".json")
-    if cache.exists() and timing.exists():
-        detections = load_detections(cache)
-        seconds = json.loads(timing.read_text())["seconds"]
-    else:
-        predictor = Predictor.from_checkpoint(args.workdir, predict_options(config))
-        start = time.perf_counter()
-        detections = predict_folder(predictor, records)
-        seconds = time.perf_counter() - start
-        save_detections(cache, detections)
-        timing.write_text(json.dumps({"seconds": seconds}) + "\n")
+    cache = args.workdir / "ablation" / f"detections_{samples.name}.npz"
+    detections, seconds = cached_detections(args.workdir, records, cache, predict_options(config))
     frames = sum(len(d) for d in detections.values())
     coco = coco_map(gt, detections, {v: sorted(d) for v, d in detections.items()})
     print(

@@ -21,11 +21,10 @@ import time
 import numpy as np
 
 from jdet.baselines import template as baseline
-from jdet.checkpoint import load_run
 from jdet.config import predict_options, temporal_options
-from jdet.data.prepare import VAL_SEED_OFFSET, ensure_synthetic, eval_samples
+from jdet.data.prepare import VAL_SEED_OFFSET, ensure_synthetic
 from jdet.evaluation.coco import coco_map
-from jdet.evaluation.run import evaluate_records, write_report
+from jdet.evaluation.run import evaluate_records, run_videos, write_report
 from jdet.evaluation.st_iou import st_iou, tune_conf_threshold
 from jdet.inference.predictor import Predictor, load_samples
 from jdet.submission import read_submission, submission_from_detections
@@ -43,11 +42,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=pathlib.Path, required=True)
     parser.add_argument("--samples", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
-    config, _, _ = load_run(args.workdir)
-    samples = args.samples or eval_samples(config, args.workdir)
-    if samples is None:
-        parser.error("the run has no validation videos: pass --samples")
-    records = load_samples(samples)
+    config, samples, records = run_videos(args.workdir, args.samples)
     gt = {r.video_id: dict(r.boxes) for r in records}
     frames = {r.video_id: range(r.num_frames) for r in records}
     out = args.workdir / "compare"

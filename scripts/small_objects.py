@@ -22,17 +22,13 @@ import dataclasses
 import json
 import math
 import pathlib
-import time
 
 import numpy as np
 
-from jdet.checkpoint import load_run
 from jdet.config import predict_options, temporal_options
-from jdet.data.prepare import eval_samples
+from jdet.evaluation.run import cached_detections, run_videos
 from jdet.evaluation.st_iou import box_iou, st_iou
-from jdet.inference.predictor import Predictor, load_samples, predict_folder
 from jdet.inference.temporal import decide_all
-from jdet.submission import load_detections, save_detections
 
 BINS = (("< 32 px", 0.0, 32.0), ("32–64 px", 32.0, 64.0), ("> 64 px", 64.0, math.inf))
 
@@ -65,11 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=pathlib.Path, default=None)
     parser.add_argument("--tiles", default="0,160", help="comma-separated tile sizes (0: off)")
     args = parser.parse_args(argv)
-    config, _, _ = load_run(args.workdir)
-    samples = args.samples or eval_samples(config, args.workdir)
-    if samples is None:
-        parser.error("the run has no validation videos: pass --samples")
-    records = load_samples(samples)
+    config, samples, records = run_videos(args.workdir, args.samples)
     gt = {r.video_id: dict(r.boxes) for r in records}
     decisions = temporal_options(config)
     video_bin = {
@@ -78,7 +70,6 @@ def main(argv=None) -> int:
         if boxes
     }
     out = args.workdir / "small_objects"
-    out.mkdir(exist_ok=True)
     header = (
         "| inference | recall@0.5 "
         + " | ".join(f"{name}" for name, _, _ in BINS)
@@ -88,19 +79,9 @@ def main(argv=None) -> int:
     )
     rows = []
     for tile in (int(t) for t in args.tiles.split(",")):
-        cache = out / f"{pathlib.Path(samples).name}_tile{tile}.npz"
-        timing = cache.with_suffix(".json")
-        if cache.exists() and timing.exists():
-            detections = load_detections(cache)
-            seconds = json.loads(timing.read_text())["seconds"]
-        else:
-            options = dataclasses.replace(predict_options(config), tile=tile)
-            predictor = Predictor.from_checkpoint(args.workdir, options)
-            start = time.perf_counter()
-            detections = predict_folder(predictor, records)
-            seconds = time.perf_counter() - start
-            save_detections(cache, detections)
-            timing.write_text(json.dumps({"seconds": seconds}) + "\n")
+        cache = out / f"{samples.name}_tile{tile}.npz"
+        options = dataclasses.replace(predict_options(config), tile=tile)
+        detections, seconds = cached_detections(args.workdir, records, cache, options)
         frames = sum(len(d) for d in detections.values())
         recall = recall_by_size(gt, detections)
         mean, per_video = st_iou(gt, decide_all(detections, decisions))

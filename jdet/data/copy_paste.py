@@ -20,7 +20,7 @@ the object is cut out first:
   alpha-blended at a random place → (frame, box).
 
 `jdet.data.loader` uses them when `EpisodeConfig.copy_paste` > 0 (the share of positive
-query frames that are made this way); docs/inference.md §4 has the measured effect.
+query frames that are made this way; config `data.copy_paste`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Running a model over a folder and reporting it (the trainer's evaluation, ``python -m
 jdet.evaluate --workdir``): `evaluate_records` → `EvalResult`, `format_metrics`,
-`write_report`. The metrics themselves are `jdet.evaluation.st_iou` and `jdet.evaluation.coco`."""
+`write_report`; `run_videos` and `cached_detections` for scripts that score a run several
+ways. The metrics themselves are `jdet.evaluation.st_iou` and `jdet.evaluation.coco`."""
 
 from __future__ import annotations
 
@@ -11,13 +12,21 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from jdet.checkpoint import CheckpointError, load_run
+from jdet.data.prepare import eval_samples
 from jdet.data.video import read_frames
 from jdet.evaluation import plots
 from jdet.evaluation.coco import coco_map
 from jdet.evaluation.st_iou import per_video_table, st_iou
-from jdet.inference.predictor import Predictor, predict_folder
+from jdet.inference.predictor import PredictOptions, Predictor, load_samples, predict_folder
 from jdet.inference.temporal import TemporalOptions, decide_all
-from jdet.submission import Detections, Tracks, write_submission
+from jdet.submission import (
+    Detections,
+    Tracks,
+    load_detections,
+    save_detections,
+    write_submission,
+)
 
 
 @dataclasses.dataclass
@@ -136,3 +145,34 @@ def _sample_frames(result: EvalResult, records: Sequence[Any], per_video: int = 
                 }
             )
     return samples
+
+
+def run_videos(workdir: str | pathlib.Path, samples: str | pathlib.Path | None = None):
+    """(config, samples folder, records) to evaluate a run on: `samples`, else the run's
+    validation videos. CheckpointError naming the run when it has none and none is given."""
+    config, _, _ = load_run(workdir)
+    folder = samples or eval_samples(config, pathlib.Path(workdir))
+    if folder is None:
+        raise CheckpointError(workdir, "the run has no validation videos: pass --samples ROOT")
+    return config, pathlib.Path(folder), load_samples(folder)
+
+
+def cached_detections(
+    workdir: str | pathlib.Path,
+    records: Sequence[Any],
+    cache: pathlib.Path,
+    options: PredictOptions,
+) -> tuple[Detections, float]:
+    """The run's detections on every frame of `records` and the seconds they took, kept in
+    `cache` (.npz, with the time in a .json beside it) and read from there when present."""
+    timing = cache.with_suffix(".json")
+    if cache.exists() and timing.exists():
+        return load_detections(cache), json.loads(timing.read_text())["seconds"]
+    predictor = Predictor.from_checkpoint(workdir, options)
+    start = time.perf_counter()
+    detections = predict_folder(predictor, records)
+    seconds = time.perf_counter() - start
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    save_detections(cache, detections)
+    timing.write_text(json.dumps({"seconds": seconds}) + "\n")
+    return detections, seconds
