@@ -7,7 +7,7 @@ import argparse
 import sys
 
 import benchmarks
-from benchmarks import data, infer, losses, models, peak, proc, profiling, suite, train
+from benchmarks import data, infer, losses, models, peak, proc, profiling, stream, suite, train
 
 # name: (help, add_arguments, run(args) → exit status or None)
 COMMANDS = {
@@ -30,6 +30,7 @@ COMMANDS = {
         train.bench_train,
     ),
     "infer": ("inference frames/s on a 640×360 video", infer.add_arguments, infer.bench_infer),
+    "stream": ("memory on a long video (streaming)", stream.add_arguments, stream.bench_stream),
     "data": ("episodic input pipeline throughput", data.add_arguments, data.bench_data),
     "peak": ("float32 peak GFLOP/s under XLA", peak.add_arguments, peak.bench_peak),
     "profile": (
