@@ -1,19 +1,21 @@
 """Temporal decisions, step by step: the ablation table of docs/inference.md §3.
 
-    python3 scripts/ablate_temporal.py --workdir runs/photo0 [--samples ROOT] [--tune]
+    python3 scripts/ablate_temporal.py --workdir runs/photo0 [--samples ROOT] [--values JSON]
 
 Runs the run's best (else latest) weights once over ROOT (default: the run's validation
 videos, for configs/photo.py the held-out objects), every frame, and keeps the scored boxes
-(WORKDIR/ablation/detections.npz; reused when present). Then scores ST-IoU for:
+(WORKDIR/ablation/; reused when present). Then scores mean ST-IoU, offline and causal, for:
 
 - the per-frame rule at 0.25 (the original) and at the best threshold on these videos;
-- each temporal step added in turn to the per-frame rule at the tuned threshold, offline and
-  causal, and the whole chain without each step.
+- each temporal step added in turn (adaptive threshold, hysteresis, association, gap filling,
+  minimum length, smoothing), at its best value on these videos given the steps kept before
+  it (offline ST-IoU; a step is kept when it helps: forward selection), or at the values
+  given by --values;
+- the chosen options, and the chosen options without each of their steps.
 
-The values of the steps are `TemporalOptions` given by --values (JSON), else the run's
-`eval.temporal` with any step still off turned on at a middle value; --tune searches them on
-these videos first (coordinate ascent over a small grid, offline) and prints the result, which
-is what jdet's defaults were set from. Prints markdown tables.
+The values found are what jdet's defaults are set from; they are tuned and scored on the same
+videos, so the table is optimistic for them: score them on other held-out objects.
+Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import dataclasses
 import json
 import pathlib
 
-from jdet.config import predict_options, temporal_options
+from jdet.config import predict_options
 from jdet.evaluation.coco import coco_map
 from jdet.evaluation.run import cached_detections, run_videos
 from jdet.evaluation.st_iou import st_iou
@@ -41,7 +43,6 @@ GRID = {
     "min_length": [1, 2, 3, 5, 8],
     "smooth": [0.0, 0.3, 0.5, 0.7],
 }
-MIDDLE = dict(adaptive=True, keep_ratio=0.6, assoc_iou=0.3, max_gap=6, min_length=3, smooth=0.5)
 
 
 def _score(gt, detections, options: TemporalOptions) -> float:
@@ -54,25 +55,37 @@ def _only(options: TemporalOptions, step: str, on: TemporalOptions) -> TemporalO
     return dataclasses.replace(options, **{n: getattr(on, n) for n in names})
 
 
-def tune(gt, detections, start: TemporalOptions, rounds: int = 2) -> TemporalOptions:
-    """Coordinate ascent of mean ST-IoU (offline) over GRID, adaptive tried on and off."""
-    best, best_score = start, _score(gt, detections, start)
-    for _ in range(rounds):
-        for name, values in [("adaptive", [False, True]), *GRID.items()]:
-            for value in values:
-                cand = dataclasses.replace(best, **{name: value})
-                s = _score(gt, detections, cand)
-                if s > best_score + 1e-9:
-                    best, best_score = cand, s
-    return best
+def _candidates(step: str, base: TemporalOptions) -> list[TemporalOptions]:
+    """`base` with one step turned on, at each value of its grid."""
+    if step == "adaptive":
+        return [dataclasses.replace(base, adaptive=True, zscore=z) for z in GRID["zscore"]]
+    return [dataclasses.replace(base, **{step: v}) for v in GRID[step] if v != OFF[step]]
+
+
+def forward_selection(gt, detections, start: TemporalOptions):
+    """Each step in turn, at its best value (offline ST-IoU) given the steps kept before it;
+    kept when it helps. Returns [(step, its best options, offline, causal, kept)] and the
+    options with every kept step."""
+    rows, current = [], start
+    current_score = _score(gt, detections, current)
+    for step in STEPS:
+        best = max(_candidates(step, current), key=lambda o: _score(gt, detections, o))
+        offline = _score(gt, detections, best)
+        causal = _score(gt, detections, dataclasses.replace(best, mode="causal"))
+        kept = offline > current_score + 1e-9
+        rows.append((step, best, offline, causal, kept))
+        if kept:
+            current, current_score = best, offline
+    return rows, current
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=pathlib.Path, required=True)
     parser.add_argument("--samples", type=pathlib.Path, default=None)
-    parser.add_argument("--values", default=None, help="TemporalOptions fields as JSON")
-    parser.add_argument("--tune", action="store_true", help="search the values on these videos")
+    parser.add_argument(
+        "--values", default=None, help="TemporalOptions fields as JSON (default: search them)"
+    )
     args = parser.parse_args(argv)
     config, samples, records = run_videos(args.workdir, args.samples)
     gt = {r.video_id: dict(r.boxes) for r in records}
@@ -86,50 +99,36 @@ def main(argv=None) -> int:
     )
 
     per_frame = TemporalOptions(mode="frame")
-    tuned_thr = max(GRID["threshold"], key=lambda t: _score(gt, detections, _thr(per_frame, t)))
-    base = _thr(per_frame, tuned_thr)
-    if args.values:
-        on = TemporalOptions(**{**OFF, **json.loads(args.values)})
+    thr = max(GRID["threshold"], key=lambda t: _score(gt, detections, _thr(per_frame, t)))
+    start = dataclasses.replace(per_frame, mode="offline", threshold=thr)
+    if args.values:  # given values: every step as given, no search
+        chosen = TemporalOptions(**{**OFF, "threshold": thr, **json.loads(args.values)})
+        rows = []
+        for step in STEPS:
+            o = _only(start, step, chosen)
+            rows.append((step, o, *(_score(gt, detections, _mode(o, m)) for m in MODES), True))
     else:
-        on = temporal_options(config)
-        on = dataclasses.replace(
-            on, **{k: v for k, v in MIDDLE.items() if getattr(on, k) == OFF[k]}
-        )
-    if args.tune:
-        on = tune(gt, detections, dataclasses.replace(on, mode="offline", threshold=tuned_thr))
-        print("tuned:", json.dumps(dataclasses.asdict(on)))
-    on = dataclasses.replace(on, threshold=on.threshold if args.tune else tuned_thr)
-
-    rows = [
-        (
-            "per-frame, threshold 0.25 (the original's rule)",
-            _score(gt, detections, _thr(per_frame, 0.25)),
-            None,
-        ),
-        (
-            f"per-frame, threshold {tuned_thr} (best on these videos)",
-            _score(gt, detections, base),
-            None,
-        ),
-    ]
+        rows, chosen = forward_selection(gt, detections, start)
+    both = lambda o: " | ".join(f"{_score(gt, detections, _mode(o, m)):.4f}" for m in MODES)  # noqa: E731
     print("\n| decisions | offline | causal |\n|---|---|---|")
-    for label, s, _ in rows:
-        print(f"| {label} | {s:.4f} | {s:.4f} |")
-    start_opts = dataclasses.replace(base, threshold=on.threshold)
-    added = {m: dataclasses.replace(start_opts, mode=m) for m in ("offline", "causal")}
+    print(f"| per-frame, threshold 0.25 (the original's rule) | {both(_thr(per_frame, 0.25))} |")
+    print(f"| per-frame, threshold {thr} (best on these videos) | {both(_thr(per_frame, thr))} |")
+    for step, o, offline, causal, kept in rows:
+        note = "" if kept else " (not kept)"
+        print(f"| + {_describe(step, o)}{note} | {offline:.4f} | {causal:.4f} |")
+    print(f"| **chosen** | {both(chosen)} |")
     for step in STEPS:
-        added = {m: _only(o, step, on) for m, o in added.items()}
-        s = {m: _score(gt, detections, o) for m, o in added.items()}
-        print(f"| + {_describe(step, on)} | {s['offline']:.4f} | {s['causal']:.4f} |")
-    full = {m: dataclasses.replace(on, mode=m) for m in ("offline", "causal")}
-    for step in STEPS:
-        s = {
-            m: _score(gt, detections, _only(o, step, TemporalOptions(**OFF)))
-            for m, o in full.items()
-        }
-        print(f"| all but {step} | {s['offline']:.4f} | {s['causal']:.4f} |")
-    print(f"\nvalues: {json.dumps(dataclasses.asdict(on))}")
+        if getattr(chosen, step) != OFF[step]:
+            print(f"| chosen without {step} | {both(_only(chosen, step, TemporalOptions()))} |")
+    print(f"\nchosen: {json.dumps(dataclasses.asdict(chosen))}")
     return 0
+
+
+MODES = ("offline", "causal")
+
+
+def _mode(options: TemporalOptions, mode: str) -> TemporalOptions:
+    return dataclasses.replace(options, mode=mode)
 
 
 def _thr(options: TemporalOptions, threshold: float) -> TemporalOptions:

@@ -1,6 +1,7 @@
 """Small objects: recall and ST-IoU by box size, whole frames against tiled inference.
 
-    python3 scripts/small_objects.py --workdir runs/photo0 [--samples ROOT] [--tiles 0,160]
+    python3 scripts/small_objects.py --workdir runs/photo0 [--samples ROOT] [--tiles 0,256]
+        [--values JSON]
 
 For each tile size (0: the whole frame letterboxed to the query size, the default; PX: also
 overlapping PX × PX crops, `jdet.inference.tiling`) runs the run's best (else latest) weights
@@ -8,8 +9,8 @@ over every frame of ROOT (default: the run's validation videos) and prints one m
 
 - recall at IoU 0.5 of the top-scoring box of each annotated frame, by the ground-truth box
   size √(w·h) in frame pixels: < 32, 32–64, > 64;
-- ST-IoU with the run's temporal decisions (`eval.temporal`), videos grouped by their median
-  ground-truth box size, and the mean;
+- ST-IoU with the run's temporal decisions (`eval.temporal`, or those of --values), videos
+  grouped by their median ground-truth box size, and the mean;
 - frames per second of the whole prediction (decode, letterbox, model, NMS, merge).
 
 Detections are kept in WORKDIR/small_objects/ (reused when present).
@@ -59,11 +60,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=pathlib.Path, required=True)
     parser.add_argument("--samples", type=pathlib.Path, default=None)
-    parser.add_argument("--tiles", default="0,160", help="comma-separated tile sizes (0: off)")
+    parser.add_argument("--tiles", default="0,256", help="comma-separated tile sizes (0: off)")
+    parser.add_argument(
+        "--values", default=None, help="TemporalOptions fields as JSON (default: the run's)"
+    )
     args = parser.parse_args(argv)
     config, samples, records = run_videos(args.workdir, args.samples)
     gt = {r.video_id: dict(r.boxes) for r in records}
     decisions = temporal_options(config)
+    if args.values:
+        decisions = dataclasses.replace(decisions, **json.loads(args.values))
     video_bin = {
         vid: _bin(float(np.median([_size(b) for b in boxes.values()])))
         for vid, boxes in gt.items()
