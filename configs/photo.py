@@ -21,8 +21,8 @@ dataset build, about a minute, done beforehand), ~2.4 s/step. Step 1000 on the h
 objects: mAP50 0.1818, mAP50-95 0.0432, ST-IoU 0.0000 at the per-frame threshold 0.25 (the
 model's scores stay below it); on every frame with the threshold chosen on these videos
 (0.02), ST-IoU 0.2015, 0.2060 with the temporal steps chosen on them
-(`scripts/ablate_temporal.py`, docs/inference.md §3). Template matching: see
-docs/inference.md §5. One fold only: the other objects were not held out yet.
+(`scripts/ablate_temporal.py`, docs/inference.md §3). One fold only: the other objects
+were not held out yet.
 """
 
 import pathlib
