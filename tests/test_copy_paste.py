@@ -9,7 +9,7 @@ from jdet.data import tfds_builder as tb
 from jdet.data.copy_paste import cutout, foreground_mask, paste
 from jdet.data.episodes import EpisodeConfig
 from jdet.data.loader import EpisodeLoader
-from tests.helpers import COLOURS, make_square_dataset
+from tests.square_videos import COLOURS, make_square_dataset
 
 
 def _photo(rng, h=90, w=120):

@@ -24,7 +24,7 @@ from jdet.data import tfds_source as ts
 from jdet.data.episodes import EpisodeConfig
 from jdet.data.loader import EpisodeLoader
 from jdet.data.pipeline import BATCH_KEYS, make_dataset, make_iterator
-from tests.helpers import make_square_dataset
+from tests.square_videos import make_square_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = {"query_size": 64, "support_size": 32, "episodes_per_epoch": 8}
