@@ -1,13 +1,15 @@
 """Memory on a long video: `Predictor.predict_video` streams frames, so its memory stays flat.
 
     python -m benchmarks stream [--seconds 300] [--width 1920 --height 1080] [--query 256]
-        [--stride 1] [--keep VIDEO.mp4]
+        [--stride 1] [--keep VIDEO.mp4] [--glibc-default]
 
 Generates a video of `--seconds` at 25 frames/s (a textured background panning under a moving
 square, H.264 "ultrafast"; the generation is streamed too), then runs a predictor (tiny
 RefDet variants, random weights: memory does not depend on what the weights learnt) over it,
 sampling the process's resident memory (VmRSS) after every batch. Prints RSS after the first
-batch, at 25/50/75 % and at the end, its peak, and frames/s.
+batch, at 25/50/75 % and at the end, its peak, and frames/s. As `jdet.predict` does, it first
+fixes glibc's mmap threshold (`jdet._malloc`); ``--glibc-default`` leaves glibc's dynamic
+threshold alone, to see what that fix does.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query", type=int, default=256, help="query size of the model")
     parser.add_argument("--stride", type=int, default=1, help="run every n-th frame")
     parser.add_argument("--keep", type=pathlib.Path, default=None, help="reuse/keep the video")
+    parser.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="do not fix glibc's mmap threshold (jdet._malloc), as jdet.predict does",
+    )
 
 
 def rss_mb() -> float:
@@ -51,6 +58,9 @@ def _frames(n: int, height: int, width: int):
 
 
 def bench_stream(args: argparse.Namespace) -> None:
+    from jdet import _malloc
+
+    fixed = not args.glibc_default and _malloc.fix_mmap_threshold()
     import jax
 
     from jdet.data.video import video_info, write_video
@@ -91,7 +101,8 @@ def bench_stream(args: argparse.Namespace) -> None:
     print(
         f"predict_video on {info.width}×{info.height}, {info.num_frames} frames "
         f"({info.num_frames / 25:.0f} s at 25 fps), stride {args.stride}, query {args.query}², "
-        f"tiny RefDet; jax {jax.__version__} ({jax.devices()[0].platform})"
+        f"tiny RefDet; jax {jax.__version__} ({jax.devices()[0].platform}); glibc mmap "
+        f"threshold {'fixed at 1 MiB' if fixed else 'dynamic (default)'}"
     )
     print(f"RSS before: {before:.0f} MiB; {total} frames run, {total / seconds:.1f} frames/s\n")
     print("| frames done | RSS (MiB) |\n|---:|---:|")

@@ -19,7 +19,7 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from jdet import _xla_defaults
+from jdet import _malloc, _xla_defaults
 from jdet.checkpoint import CheckpointError, load_run
 from jdet.cli import one_line
 from jdet.config import predict_options, temporal_options
@@ -72,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _xla_defaults.apply()  # before anything starts a JAX backend
+    _malloc.fix_mmap_threshold()  # flat memory on long videos
     if args.workdir is not None:
         if args.submission is not None or args.annotations is not None:
             parser.error("--workdir runs the model: give only --samples (optional) with it")

@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from jdet import _xla_defaults
+from jdet import _malloc, _xla_defaults
 from jdet.checkpoint import CheckpointError
 from jdet.data import video as video_io
 from jdet.data.report import DatasetError
@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     temporal.add_flags(parser, "jdet's defaults")
     args = parser.parse_args(argv)
     _xla_defaults.apply()  # before anything starts a JAX backend
+    _malloc.fix_mmap_threshold()  # flat memory on long videos
     if args.stride < 1 or args.batch_size < 1 or args.min_references < 1:
         parser.error("--stride, --batch-size and --min-references must be >= 1")
     try:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from jdet.inference.temporal import (
     CausalTracker,
     TemporalOptions,
+    TrackLinker,
     decide,
     decide_all,
     from_mapping,
@@ -92,6 +93,42 @@ def test_association_follows_the_object_past_a_stronger_distractor(mode):
     assert all(tracked[f] == tuple(_box(f)) for f in range(4))
 
 
+def _distracted(n: int = 12) -> dict[int, np.ndarray]:
+    """The object (0.6 on every frame) ranked second on every frame behind a distractor at a
+    new place each frame (0.8: a one-frame track each time)."""
+    dets = _seq([0.6] * n)
+    for f in range(n):
+        far = [300.0 + 40 * f, 200.0, 330.0 + 40 * f, 230.0]
+        dets[f] = np.concatenate([[[*far, 0.8]], dets[f]])
+    return dets
+
+
+@BOTH
+def test_track_rescoring_prefers_the_object_over_one_frame_winners(mode):
+    dets = _distracted()
+    plain = decide(dets, _opts(mode=mode, threshold=0.2))
+    assert all(plain[f] != tuple(_box(f)) for f in range(12))
+    tracked = decide(dets, _opts(mode=mode, threshold=0.2, link=3, link_prior=2.0))
+    # Each distractor scores 0.8 / (1 + 2) = 0.27; the object 0.6·n / (n + 2) over its n
+    # frames: 0.51 offline (n = 12) on every frame; causal, from its second frame (0.3) on.
+    first = 0 if mode == "offline" else 1
+    assert all(tracked[f] == tuple(_box(f)) for f in range(first, 12))
+    assert all(tracked[f] != tuple(_box(f)) for f in range(first))
+
+
+def test_track_linker_scores_by_the_mean_of_the_track_so_far():
+    linker = TrackLinker(k=2, link_iou=0.3, max_gap=0)  # prior 0: the plain mean
+    d0, ids0 = linker.update(np.array([[*_box(0), 0.2], [0, 0, 5, 5, 0.9]]))
+    d1, ids1 = linker.update(np.array([[*_box(1), 0.8], [100, 100, 105, 105, 0.1]]))
+    assert ids1[0] == ids0[1] and ids1[1] not in ids0  # same object, same track; a new one
+    np.testing.assert_allclose(d1[:, 4], [0.5, 0.1])  # (0.2 + 0.8) / 2, its own score
+    # The box at (0, 0) missed frame 1 with max_gap 0: its track is closed, a new one starts.
+    _, ids2 = linker.update(np.array([[0, 0, 5, 5, 0.9]]))
+    assert ids2[0] not in (*ids0, *ids1)
+    # Only the k best boxes of a frame are kept.
+    assert len(linker.update(np.array([[0, 0, 1, 1, s] for s in (0.1, 0.5, 0.3)]))[0]) == 2
+
+
 def test_adaptive_threshold_follows_the_videos_score_scale():
     scores = [0.05, 0.06, 0.3, 0.32, 0.31, 0.05, 0.04, 0.33, 0.06]
     o = _opts(mode="offline", threshold=0.0, adaptive=True, zscore=0.5)
@@ -162,6 +199,7 @@ _options = st.builds(
     max_gap=st.integers(0, 4),
     min_length=st.integers(1, 4),
     smooth=st.floats(0.0, 0.9),
+    link=st.sampled_from([0, 2]),
 )
 
 
@@ -205,6 +243,9 @@ def test_decide_all_keeps_every_video():
         (dict(smooth=1.0), "smooth"),
         (dict(mode="online"), "mode"),
         (dict(max_gap=1.5), "max_gap"),
+        (dict(link=-1), "link"),
+        (dict(link_iou=0.0), "link_iou"),
+        (dict(link_prior=-1.0), "link_prior"),
     ],
 )
 def test_bad_options_name_the_option(change, name):

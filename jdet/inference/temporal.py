@@ -27,6 +27,15 @@ the table that the steps below take back:
    the past (0: off). Offline the forward and backward averages are averaged (no lag); causal
    it is the forward average.
 
+Before these steps, **track rescoring** (``link`` > 0) can replace each frame's scores: the
+``link`` best boxes of every frame are linked into tracks (greedily, by IoU ≥ ``link_iou``
+with a track's last box; a track survives ``max_gap`` frames without a box), and each box's
+score becomes its track's score: the sum of the track's scores over its length plus
+``link_prior`` (a mean shrunk towards 0, so that a short track needs higher scores than a
+long one) — over the whole track offline, over the track so far causal. A detector that
+ranks the object second on many frames, behind distractors that win one frame each, ranks it
+first by its track: the score of the object over time, not of one frame.
+
 With a frame stride > 1, frames between two processed frames of an interval are filled too
 (interpolated offline, held causal). `decide` runs one video; `decide_all` a `Detections`
 dict. `CausalTracker` is the frame-by-frame form (one `update` per processed frame); mode
@@ -67,6 +76,9 @@ class TemporalOptions:
     max_gap: int = 0  # processed frames an interval may miss and go on (0: off)
     min_length: int = 1  # detections an interval needs (1: off)
     smooth: float = 0.0  # EMA weight of the past box, in [0, 1) (0: off)
+    link: int = 0  # boxes per frame linked into tracks and rescored by them (0: off)
+    link_iou: float = 0.3  # IoU with a track's last box that links a box to it
+    link_prior: float = 2.0  # track score = sum of its scores / (its length + link_prior)
 
     def __post_init__(self):
         validate(self)
@@ -80,7 +92,7 @@ def validate(o: TemporalOptions, prefix: str = "") -> None:
 
     if o.mode not in MODES:
         bad("mode", f"must be one of {', '.join(MODES)}")
-    for name in ("threshold", "zscore", "keep_ratio", "assoc_iou"):
+    for name in ("threshold", "zscore", "keep_ratio", "assoc_iou", "link_iou", "link_prior"):
         value = getattr(o, name)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             bad(name, "must be a finite number")
@@ -92,7 +104,11 @@ def validate(o: TemporalOptions, prefix: str = "") -> None:
         bad("keep_ratio", "must be in (0, 1]")
     if not 0.0 <= o.assoc_iou <= 1.0:
         bad("assoc_iou", "must be in [0, 1]")
-    for name in ("max_gap", "min_length"):
+    if not 0.0 < o.link_iou <= 1.0:
+        bad("link_iou", "must be in (0, 1]")
+    if o.link_prior < 0:
+        bad("link_prior", "must be >= 0")
+    for name in ("max_gap", "min_length", "link"):
         value = getattr(o, name)
         if not isinstance(value, int) or isinstance(value, bool):
             bad(name, "must be an integer")
@@ -100,6 +116,8 @@ def validate(o: TemporalOptions, prefix: str = "") -> None:
         bad("max_gap", "must be >= 0")
     if o.min_length < 1:
         bad("min_length", "must be >= 1")
+    if o.link < 0:
+        bad("link", "must be >= 0 (0: off)")
     if not isinstance(o.smooth, (int, float)) or not 0.0 <= o.smooth < 1.0:
         bad("smooth", "must be in [0, 1)")
 
@@ -157,6 +175,74 @@ def _as_box(b: np.ndarray) -> Box:
     return (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
 
 
+# -- track rescoring -----------------------------------------------------------------------
+
+
+class TrackLinker:
+    """Links each processed frame's `k` best boxes into tracks (frame by frame, causal).
+
+    `update(dets)` → (the kept boxes [m, 5], best first, with their scores replaced by their
+    track's score so far, sum / (length + `prior`); their track ids [m]). A box joins the
+    open track whose last box it overlaps most (IoU ≥ `link_iou`; pairs taken greedily, best
+    IoU first, one box per track); the others start tracks. A track without a box for more
+    than `max_gap` processed frames is closed. `sums`/`counts` hold every track's score sum
+    and length (offline rescoring reads the final scores from them)."""
+
+    def __init__(self, k: int, link_iou: float, max_gap: int, prior: float = 0.0):
+        self.k, self.link_iou, self.max_gap, self.prior = k, link_iou, max_gap, prior
+        self.sums: list[float] = []
+        self.counts: list[int] = []
+        self.open: dict[int, tuple[np.ndarray, int]] = {}  # track → (last box, misses)
+
+    def update(self, dets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dets = np.asarray(dets, np.float64).reshape(-1, 5)
+        dets = dets[np.argsort(-dets[:, 4], kind="stable")[: self.k]]
+        ids = np.full(len(dets), -1, np.int64)
+        tracks = list(self.open)
+        if tracks and len(dets):
+            overlap = np.stack([iou(self.open[t][0], dets[:, :4]) for t in tracks])  # [T, m]
+            for flat in np.argsort(-overlap, axis=None, kind="stable"):
+                t, d = divmod(int(flat), len(dets))
+                if overlap[t, d] < self.link_iou:
+                    break
+                if ids[d] < 0 and tracks[t] not in ids:
+                    ids[d] = tracks[t]
+        for d in np.flatnonzero(ids < 0):
+            ids[d] = len(self.sums)
+            self.sums.append(0.0)
+            self.counts.append(0)
+        for d, t in enumerate(ids):
+            self.sums[t] += float(dets[d, 4])
+            self.counts[t] += 1
+        matched = set(ids.tolist())
+        for t in tracks:
+            if t not in matched:
+                box, misses = self.open[t]
+                if misses + 1 > self.max_gap:
+                    del self.open[t]
+                else:
+                    self.open[t] = (box, misses + 1)
+        for d, t in enumerate(ids):
+            self.open[int(t)] = (dets[d, :4].copy(), 0)
+        return self.rescored(dets, ids)
+
+    def rescored(self, dets: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(`dets` with each score replaced by its track's score now, `ids`), best first."""
+        out = dets.copy()
+        if len(out):
+            out[:, 4] = np.asarray(self.sums)[ids] / (np.asarray(self.counts)[ids] + self.prior)
+        order = np.argsort(-out[:, 4], kind="stable")
+        return out[order], ids[order]
+
+
+def rescore_by_tracks(dets: FrameDetections, o: TemporalOptions) -> FrameDetections:
+    """Offline track rescoring: every frame's `link` best boxes, each scored by its whole
+    track (later frames included)."""
+    linker = TrackLinker(o.link, o.link_iou, o.max_gap, o.link_prior)
+    kept = {f: linker.update(dets[f]) for f in sorted(dets)}
+    return {f: linker.rescored(d, ids)[0] for f, (d, ids) in kept.items()}
+
+
 # -- offline -------------------------------------------------------------------------------
 
 
@@ -192,6 +278,8 @@ def _intervals(dets: FrameDetections, frames: list[int], o: TemporalOptions) -> 
 
 
 def _offline(dets: FrameDetections, o: TemporalOptions) -> dict[int, Box]:
+    if o.link:
+        dets = rescore_by_tracks(dets, o)
     frames = sorted(dets)
     tracks: dict[int, Box] = {}
     for iv in _intervals(dets, frames, o):
@@ -214,10 +302,16 @@ class CausalTracker:
     """Frame-by-frame decisions: `update(frame, dets)` → {frame: Box} for that frame and, with
     a stride, the skipped frames since the last processed one (the box reported then, held:
     what a drone shows while the detector runs). Uses nothing from later frames: the
-    adaptive threshold is over the frames seen so far."""
+    adaptive threshold is over the frames seen so far, track rescoring over the tracks so
+    far."""
 
     def __init__(self, options: TemporalOptions):
         self.o = options
+        self.linker = (
+            TrackLinker(options.link, options.link_iou, options.max_gap, options.link_prior)
+            if options.link
+            else None
+        )
         self.scores: list[float] = []
         self.box: np.ndarray | None = None  # the last reported (smoothed) box
         self.hits = 0  # detections in the open interval (0: none open)
@@ -230,6 +324,8 @@ class CausalTracker:
             raise ValueError(f"frames must increase: {frame} after {self.last_frame}")
         prev_frame, self.last_frame = self.last_frame, frame
         dets = np.asarray(dets, np.float64).reshape(-1, 5)
+        if self.linker is not None:
+            dets = self.linker.update(dets)[0]
         self.scores.append(float(dets[:, 4].max()) if len(dets) else 0.0)
         start = start_threshold(np.asarray(self.scores), o)
         keep = o.keep_ratio * start
@@ -308,6 +404,9 @@ FLAGS = {
     "max_gap": "--max-gap",
     "min_length": "--min-length",
     "smooth": "--smooth",
+    "link": "--link",
+    "link_iou": "--link-iou",
+    "link_prior": "--link-prior",
 }
 
 
@@ -330,6 +429,11 @@ def add_flags(parser: argparse.ArgumentParser, defaults: str) -> None:
     g.add_argument(FLAGS["max_gap"], type=int, help="missed frames an interval survives")
     g.add_argument(FLAGS["min_length"], type=int, help="detections an interval needs")
     g.add_argument(FLAGS["smooth"], type=float, help="EMA weight of the past box, [0, 1)")
+    g.add_argument(
+        FLAGS["link"], type=int, help="boxes per frame linked into tracks, scored by them (0: off)"
+    )
+    g.add_argument(FLAGS["link_iou"], type=float, help="IoU linking a box to a track")
+    g.add_argument(FLAGS["link_prior"], type=float, help="track score: sum / (length + this), >= 0")
 
 
 def from_flags(args: argparse.Namespace, base: TemporalOptions) -> TemporalOptions:
