@@ -9,8 +9,8 @@ The argument after the colon is a folder with train/ and val/ in the challenge l
 `jdet.data.split` holds whole objects out (every video of Tower and Boxes goes to val), so the
 validation score is on objects the model never saw, as in the challenge. Model: YOLOv8 "t2"
 query branch with the DINOv3 tiny support encoder (random initialisation: nothing is
-downloaded), queries letterboxed to 320² (a 640×360 frame at half size: the median object of
-~49 px stays ~25 px, the P2 head at stride 4 sees the smallest), references at 96²; 2-way
+downloaded), queries letterboxed to 256² (a 640×360 frame at 0.4×: the median object of ~49
+px becomes ~20 px, which the P2 head at stride 4 still sees), references at 64²; 2-way
 3-shot 4-query episodes, a quarter of the queries negatives. Evaluation every 400 steps on
 every 2nd frame; best weights by mAP50.
 

@@ -282,9 +282,5 @@ def predict_options(config: ml_collections.ConfigDict) -> PredictOptions:
 
 
 def temporal_options(config: ml_collections.ConfigDict) -> TemporalOptions:
-    """`eval.temporal` → the temporal decisions (ValueError naming the field). A run saved
-    before the section existed had only `eval.conf_threshold`: the per-frame threshold."""
-    e = config.eval
-    if "temporal" not in e:
-        return TemporalOptions(mode="frame", threshold=e.get("conf_threshold", 0.25))
-    return temporal.from_mapping(e.temporal.to_dict(), prefix="eval.temporal.")
+    """`eval.temporal` → the temporal decisions (`temporal.from_eval_config`)."""
+    return temporal.from_eval_config(config.eval)

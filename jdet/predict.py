@@ -5,9 +5,9 @@
 `--checkpoint` takes a run directory (its `best/` weights when evaluation kept some, else its
 latest checkpoint), a `checkpoints/` folder, or a weights folder written by the trainer. Which
 box each frame reports is decided over time (`jdet.inference.temporal`: thresholds,
-hysteresis, gap filling, minimum interval length, smoothing; offline or causal); the flags
-default to the recipe-independent defaults of `TemporalOptions`, and `--temporal frame`
-keeps the per-frame rule (highest box ≥ `--conf`). Every video is present, with
+hysteresis, gap filling, minimum interval length, smoothing, track rescoring; offline or
+causal): the run's `eval.temporal` config, which the flags override; `--temporal frame` keeps
+the per-frame rule (highest box ≥ `--conf`). Every video is present, with
 `"detections": []` when nothing is found.
 
 Also written: the per-video wall time as CSV (`video_id,time_ms`; `--times`, default
@@ -84,14 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=MIN_REFERENCES,
         help="reference photos each sample must have (img_1..img_K; fewer for K-shot tests)",
     )
-    temporal.add_flags(parser, "jdet's defaults")
+    temporal.add_flags(parser, "the run's eval.temporal config")
     args = parser.parse_args(argv)
     _xla_defaults.apply()  # before anything starts a JAX backend
     _malloc.fix_mmap_threshold()  # flat memory on long videos
     if args.stride < 1 or args.batch_size < 1 or args.min_references < 1:
         parser.error("--stride, --batch-size and --min-references must be >= 1")
-    try:
-        decisions = temporal.from_flags(args, TemporalOptions())
+    try:  # the flags' own values, checked before anything is loaded
+        temporal.from_flags(args, TemporalOptions())
     except ValueError as err:
         parser.error(str(err))
     try:
@@ -106,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         records = load_samples(args.samples, min_references=args.min_references)
         predictor = Predictor.from_checkpoint(args.checkpoint, options)
-    except (CheckpointError, DatasetError, FileNotFoundError) as err:
+        decisions = temporal.from_flags(args, temporal.from_eval_config(predictor.config.eval))
+    except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"jdet.predict: {predictor.description}; {len(records)} video(s)", flush=True)

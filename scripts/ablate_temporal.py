@@ -7,10 +7,11 @@ videos, for configs/photo.py the held-out objects), every frame, and keeps the s
 (WORKDIR/ablation/; reused when present). Then scores mean ST-IoU, offline and causal, for:
 
 - the per-frame rule at 0.25 (the original) and at the best threshold on these videos;
-- each temporal step added in turn (adaptive threshold, hysteresis, association, gap filling,
-  minimum length, smoothing), at its best value on these videos given the steps kept before
-  it (offline ST-IoU; a step is kept when it helps: forward selection), or at the values
-  given by --values;
+- each temporal step added in turn (track rescoring, adaptive threshold, hysteresis,
+  association, gap filling, minimum length, smoothing), at its best value on these videos
+  given the steps kept before it (offline ST-IoU; a step is kept when it helps: forward
+  selection; track rescoring searches the threshold again, its scores have their own scale),
+  or at the values given by --values;
 - the chosen options, and the chosen options without each of their steps.
 
 The values found are what jdet's defaults are set from; they are tuned and scored on the same
@@ -32,10 +33,11 @@ from jdet.evaluation.st_iou import st_iou
 from jdet.inference.temporal import TemporalOptions, decide_all
 
 # The steps in the order they are added, each with the option values that turn it on.
-STEPS = ("adaptive", "keep_ratio", "assoc_iou", "max_gap", "min_length", "smooth")
+STEPS = ("link", "adaptive", "keep_ratio", "assoc_iou", "max_gap", "min_length", "smooth")
 OFF = {f.name: f.default for f in dataclasses.fields(TemporalOptions)}
 GRID = {
-    "threshold": [0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5],
+    "link": [3, 5, 10],
+    "threshold": [0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5],
     "zscore": [-0.5, 0.0, 0.5, 1.0, 1.5, 2.0],
     "keep_ratio": [0.3, 0.5, 0.7, 0.85, 1.0],
     "assoc_iou": [0.0, 0.1, 0.3, 0.5],
@@ -51,7 +53,7 @@ def _score(gt, detections, options: TemporalOptions) -> float:
 
 def _only(options: TemporalOptions, step: str, on: TemporalOptions) -> TemporalOptions:
     """`options` with one step's options taken from `on`."""
-    names = ("adaptive", "zscore") if step == "adaptive" else (step,)
+    names = {"adaptive": ("adaptive", "zscore"), "link": ("link", "threshold")}.get(step, (step,))
     return dataclasses.replace(options, **{n: getattr(on, n) for n in names})
 
 
@@ -59,6 +61,12 @@ def _candidates(step: str, base: TemporalOptions) -> list[TemporalOptions]:
     """`base` with one step turned on, at each value of its grid."""
     if step == "adaptive":
         return [dataclasses.replace(base, adaptive=True, zscore=z) for z in GRID["zscore"]]
+    if step == "link":  # track scores are on their own scale: the threshold is searched again
+        return [
+            dataclasses.replace(base, link=k, threshold=t)
+            for k in GRID["link"]
+            for t in GRID["threshold"]
+        ]
     return [dataclasses.replace(base, **{step: v}) for v in GRID[step] if v != OFF[step]]
 
 
@@ -119,7 +127,8 @@ def main(argv=None) -> int:
     print(f"| **chosen** | {both(chosen)} |")
     for step in STEPS:
         if getattr(chosen, step) != OFF[step]:
-            print(f"| chosen without {step} | {both(_only(chosen, step, TemporalOptions()))} |")
+            off = TemporalOptions(threshold=chosen.threshold)
+            print(f"| chosen without {step} | {both(_only(chosen, step, off))} |")
     print(f"\nchosen: {json.dumps(dataclasses.asdict(chosen))}")
     return 0
 
@@ -138,6 +147,8 @@ def _thr(options: TemporalOptions, threshold: float) -> TemporalOptions:
 def _describe(step: str, on: TemporalOptions) -> str:
     if step == "adaptive":
         return f"adaptive threshold (z {on.zscore})"
+    if step == "link":
+        return f"track rescoring, link {on.link} (threshold {on.threshold})"
     return f"{step} {getattr(on, step)}"
 
 

@@ -302,3 +302,17 @@ def test_config_names_a_bad_eval_field(field, value, message):
     target[name] = value
     with pytest.raises(ValueError, match=message):
         validate(config)
+
+
+def test_a_runs_eval_section_gives_its_decisions():
+    import ml_collections
+
+    from jdet.inference.temporal import from_eval_config
+
+    old = ml_collections.ConfigDict({"conf_threshold": 0.3})  # a run saved before eval.temporal
+    assert from_eval_config(old) == TemporalOptions(mode="frame", threshold=0.3)
+    section = ml_collections.ConfigDict({"temporal": {"mode": "causal", "max_gap": 3}})
+    assert from_eval_config(section) == TemporalOptions(mode="causal", max_gap=3)
+    section.temporal.max_gap = -1
+    with pytest.raises(ValueError, match=r"^eval\.temporal\.max_gap must be >= 0"):
+        from_eval_config(section)

@@ -112,6 +112,7 @@ class Predictor:
             options=options,
         )
         predictor.description = desc
+        predictor.config = config  # the run's config (its eval.temporal decisions, …)
         return predictor
 
     # -- pieces ------------------------------------------------------------------------------

@@ -391,6 +391,15 @@ def from_mapping(values: Mapping[str, object], prefix: str = "") -> TemporalOpti
         raise ValueError(f"{prefix}{err}") from None
 
 
+def from_eval_config(section) -> TemporalOptions:
+    """A run config's `eval` section (a ConfigDict) → its decisions; ValueError naming the
+    field. A run saved before `eval.temporal` existed had only `eval.conf_threshold`: the
+    per-frame threshold."""
+    if "temporal" not in section:
+        return TemporalOptions(mode="frame", threshold=section.get("conf_threshold", 0.25))
+    return from_mapping(section.temporal.to_dict(), prefix="eval.temporal.")
+
+
 # -- command line ------------------------------------------------------------------------
 
 # option → its command-line flag (python -m jdet.predict, python -m jdet.evaluate --workdir)
