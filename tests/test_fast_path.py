@@ -45,9 +45,14 @@ def test_bn_act_train_matches_flax_batchnorm_silu(act, eps):
     bn = nn.BatchNorm(use_running_average=False, epsilon=eps)
 
     def plain(x, scale, bias):
-        y, upd = bn.apply({"params": {"scale": scale, "bias": bias},
-                           "batch_stats": {"mean": jnp.zeros(8), "var": jnp.ones(8)}},
-                          x, mutable=["batch_stats"])
+        y, upd = bn.apply(
+            {
+                "params": {"scale": scale, "bias": bias},
+                "batch_stats": {"mean": jnp.zeros(8), "var": jnp.ones(8)},
+            },
+            x,
+            mutable=["batch_stats"],
+        )
         y = nn.silu(y) if act else y
         return y, upd["batch_stats"]
 
@@ -104,6 +109,43 @@ def test_strided_conv_gradients_match_lax(shape):
         tree_close(variables, plain, what=f"init at {size}")
 
 
+@pytest.mark.parametrize(
+    "b, h, w, c, mult, k, stride",
+    [(2, 9, 7, 3, 1, 3, 1), (1, 8, 8, 4, 1, 7, 1), (2, 8, 6, 2, 2, 3, 2), (1, 7, 9, 3, 2, 3, 2)],
+)
+def test_depthwise_conv_matches_grouped_lax_conv(b, h, w, c, mult, k, stride):
+    """depthwise_conv (shifted slices) = XLA's feature_group_count convolution: values and
+    both gradients, odd sizes and a channel multiplier included."""
+    x = jax.random.normal(jax.random.key(0), (b, h, w, c))
+    kernel = jax.random.normal(jax.random.key(1), (k, k, 1, c * mult))
+    p = k // 2
+
+    def ref(x, kernel):
+        return jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            (stride, stride),
+            ((p, p), (p, p)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=c,
+        )
+
+    got, vjp = jax.vjp(lambda x, w: fast_layers.depthwise_conv(x, w, stride), x, kernel)
+    want, ref_vjp = jax.vjp(ref, x, kernel)
+    close(got, want, what="value")
+    dy = jax.random.normal(jax.random.key(2), want.shape)
+    for g, r, name in zip(vjp(dy), ref_vjp(dy), ("dx", "dw")):
+        close(g, r, what=name)
+    # The module: nn.Conv's variables (same names, shapes, initial values) and outputs.
+    fast = fast_layers.DepthwiseConv(c * mult, k, stride, groups=c)
+    plain = nn.Conv(c * mult, (k, k), (stride, stride), ((p, p), (p, p)), feature_group_count=c)
+    variables = fast.init(jax.random.key(3), x)
+    tree_close(variables, plain.init(jax.random.key(3), x), what="init")
+    close(fast.apply(variables, x), plain.apply(variables, x), what="module")
+    with pytest.raises(ValueError, match="one input channel per group"):
+        fast_layers.DepthwiseConv(c, k, groups=c + 1).init(jax.random.key(0), x)
+
+
 @pytest.mark.deep  # 2 min; each fast op is checked above against Flax's
 def test_yolo_fast_matches_plain():
     """Tiny YOLOv8: same variables; train/eval outputs and batch statistics agree to 1e-5; the
@@ -116,8 +158,10 @@ def test_yolo_fast_matches_plain():
     v1 = model.init(jax.random.PRNGKey(0), images)
     tree_close(v1, v0, rtol=0, what="init")  # same names, shapes, initial values
     heads = plain.apply(v0, images)
-    cts = [np.asarray(jax.random.normal(jax.random.PRNGKey(10 + i), o.shape))
-           for i, o in enumerate(heads)]
+    cts = [
+        np.asarray(jax.random.normal(jax.random.PRNGKey(10 + i), o.shape))
+        for i, o in enumerate(heads)
+    ]
 
     def run(impl, train, x64=False):
         dt = jnp.float64 if x64 else jnp.float32
@@ -128,8 +172,12 @@ def test_yolo_fast_matches_plain():
             x = jnp.asarray(images, dt)
 
             def loss(params):
-                out = net.apply({"params": params, "batch_stats": v["batch_stats"]}, x,
-                                train=train, mutable=["batch_stats"] if train else False)
+                out = net.apply(
+                    {"params": params, "batch_stats": v["batch_stats"]},
+                    x,
+                    train=train,
+                    mutable=["batch_stats"] if train else False,
+                )
                 out, stats = out if train else (out, None)
                 return sum(jnp.vdot(o, jnp.asarray(c, dt)) for o, c in zip(out, cts)), (out, stats)
 
@@ -149,8 +197,10 @@ def test_yolo_fast_matches_plain():
         if train:
             tree_close(s1, s0, what="batch_stats")
         leaves = jax.tree_util.tree_leaves_with_path(g64)
-        errs = [(jax.tree_util.keystr(path), rel_err(gp, ref), rel_err(gf, ref))
-                for (path, ref), gp, gf in zip(leaves, jax.tree.leaves(g0), jax.tree.leaves(g1))]
+        errs = [
+            (jax.tree_util.keystr(path), rel_err(gp, ref), rel_err(gf, ref))
+            for (path, ref), gp, gf in zip(leaves, jax.tree.leaves(g0), jax.tree.leaves(g1))
+        ]
         worst_plain = max(e for _, e, _ in errs)
         for name, e_plain, e_fast in errs:
             assert e_fast <= max(2e-5, 1.5 * worst_plain), (

@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from jdet.dtypes import l2_normalize
+from jdet.models.fast_layers import DepthwiseConv
 from jdet.models.impl import LayerImpl
 from jdet.models.onednn_conv import OneDnnConv
 
@@ -74,9 +75,15 @@ def conv2d(
     name: str | None = None,
 ) -> nn.Conv:
     """torch ``nn.Conv2d(..., kernel, stride, padding=kernel // 2, groups)`` as a flax Conv
-    (through oneDNN on XLA:CPU when `impl.onednn` says so: same parameters)."""
+    (through oneDNN on XLA:CPU when `impl.onednn` says so; grouped ones — PSALM's have one
+    input channel per group — as shifted slices when `impl.uses("depthwise")`,
+    `jdet.models.fast_layers.DepthwiseConv`: same parameters either way)."""
     if groups == 1 and impl.onednn(dtype):
         return OneDnnConv(features, kernel, stride, use_bias=use_bias, name=name)
+    if groups > 1 and impl.uses("depthwise"):
+        return DepthwiseConv(
+            features, kernel, stride, use_bias=use_bias, dtype=dtype, groups=groups, name=name
+        )
     pad = kernel // 2
     return nn.Conv(
         features,

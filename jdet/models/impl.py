@@ -12,7 +12,7 @@ import dataclasses
 
 from jdet.models.onednn_conv import check_choice, conv_backend, conv_description, use_onednn
 
-FAST_PARTS = ("bn_act", "maxpool", "s2grad")
+FAST_PARTS = ("bn_act", "maxpool", "s2grad", "depthwise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +20,8 @@ class LayerImpl:
     """conv: the convolution backend, "auto" | "onednn" | "xla", or None for the environment
     variable ``JDET_CPU_CONV`` (default "auto"; `jdet.models.onednn_conv.conv_backend` says
     what each means). fast: jdet's custom-gradient layers (BatchNorm + SiLU in one op, a
-    separable max-pool, the stride-2 3×3 convolution; `jdet.models.fast_layers`) and oneDNN;
+    separable max-pool, the stride-2 3×3 convolution, depthwise convolutions as shifted
+    slices; `jdet.models.fast_layers`) and oneDNN;
     False = Flax's own modules only. fast_off: parts of the fast path turned off one by one
     (a subset of `FAST_PARTS`; the benchmarks measure each part's share)."""
 
@@ -35,7 +36,7 @@ class LayerImpl:
             raise ValueError(f"fast_off must be a subset of {FAST_PARTS}, got {sorted(unknown)}")
 
     def uses(self, part: str) -> bool:
-        """Whether the fast path's `part` ("bn_act", "maxpool", "s2grad") is on."""
+        """Whether the fast path's `part` (one of `FAST_PARTS`) is on."""
         return self.fast and part not in self.fast_off
 
     def onednn(self, *dtypes) -> bool:
@@ -43,7 +44,7 @@ class LayerImpl:
         return self.fast and use_onednn(self.conv, *dtypes)
 
     def backend(self) -> str:
-        """"onednn" or "xla": what float32 convolutions of this model trace to now."""
+        """ "onednn" or "xla": what float32 convolutions of this model trace to now."""
         return conv_backend(self.conv) if self.fast else "xla"
 
     def describe(self) -> str:
