@@ -10,6 +10,7 @@ is not installed with jdet):
     python -m benchmarks train [--rows yolo,refdet,torch] [--no-torch]    train-step throughput
     python -m benchmarks infer [--frames 48] [--sizes 320,640]   inference frames/s
     python -m benchmarks stream [--seconds 300]                  memory on a long 1080p video
+    python -m benchmarks depthwise [--batch 8]          depthwise conv: grouped vs shifted slices
     python -m benchmarks data [--workers 0,2] [--data-dir DIR]   input pipeline throughput
     python -m benchmarks peak [--repeats 5] [--quick]          this machine's float32 peak
     python -m benchmarks profile parts|trace|peak|flops|ab|vs|flags ...   one step, dissected

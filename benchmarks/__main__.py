@@ -7,7 +7,19 @@ import argparse
 import sys
 
 import benchmarks
-from benchmarks import data, infer, losses, models, peak, proc, profiling, stream, suite, train
+from benchmarks import (
+    data,
+    depthwise,
+    infer,
+    losses,
+    models,
+    peak,
+    proc,
+    profiling,
+    stream,
+    suite,
+    train,
+)
 
 # name: (help, add_arguments, run(args) → exit status or None)
 COMMANDS = {
@@ -31,6 +43,11 @@ COMMANDS = {
     ),
     "infer": ("inference frames/s on a 640×360 video", infer.add_arguments, infer.bench_infer),
     "stream": ("memory on a long video (streaming)", stream.add_arguments, stream.bench_stream),
+    "depthwise": (
+        "depthwise convolutions: XLA's grouped conv vs shifted slices",
+        depthwise.add_arguments,
+        depthwise.bench_depthwise,
+    ),
     "data": ("episodic input pipeline throughput", data.add_arguments, data.bench_data),
     "peak": ("float32 peak GFLOP/s under XLA", peak.add_arguments, peak.bench_peak),
     "profile": (
