@@ -230,7 +230,8 @@ class TrackLinker:
         """(`dets` with each score replaced by its track's score now, `ids`), best first."""
         out = dets.copy()
         if len(out):
-            out[:, 4] = np.asarray(self.sums)[ids] / (np.asarray(self.counts)[ids] + self.prior)
+            sums = np.array([self.sums[t] for t in ids])  # not the whole list: long videos
+            out[:, 4] = sums / (np.array([self.counts[t] for t in ids]) + self.prior)
         order = np.argsort(-out[:, 4], kind="stable")
         return out[order], ids[order]
 
