@@ -16,15 +16,16 @@ every 2nd frame; best weights by mAP50.
 
 Result (2026-12-01, 2-core Intel Xeon (Sapphire Rapids) VM, one CPU device, oneDNN
 convolutions; fold folds/0 = photo-train with Tower and Boxes held out: 41 training videos of
-5 objects, 7 validation videos): 22 min 38 s wall for 1,000 steps and three evaluations,
-dataset build included (~1.2 s/step). Step 1000 on the held-out objects: mAP50 0.149,
-mAP50-95 0.036 (every 2nd frame, as evaluated during training); on every frame
-(`scripts/ablate_temporal.py`) ST-IoU 0.1655 with the decisions below (0.1600 per frame at
-0.02; 0 at the original's 0.25: the scores stay below it). An earlier run of the same recipe, before PSALM's
-depthwise convolutions became shifted slices (float32 rounding only, but 2.2× slower steps:
-50 min 1 s), reached mAP50 0.182 and ST-IoU 0.2004: two runs of this recipe differ that
-much. One fold only: the other objects were not held out yet. Baselines, copy-paste and
-initialisation from the quickstart: docs/inference.md §6.
+5 objects, 7 validation videos). Step 1000 on the held-out objects: mAP50 0.306, mAP50-95
+0.091 (every 2nd frame, as evaluated during training); on every frame
+(`scripts/ablate_temporal.py`) mAP50 0.301 and ST-IoU 0.2174 with the decisions below
+(0.2220 causal; 0.2157 per frame at 0.02; 0 at the original's 0.25: the scores stay below
+it); template matching scores 0.0319 on the same videos. Wall time: 39 min 15 s for 1,000
+steps and three evaluations, but beside other jobs all along (template matching, memory
+benchmarks), so an upper bound; the same recipe without copy-paste took 22 min 38 s alone,
+dataset build included (~1.2 s/step), and reached mAP50 0.149 (another run of it: 0.182),
+ST-IoU 0.1655 (0.2004). One fold only: the other objects were not held out yet.
+docs/inference.md §3 and §6 have the tables.
 """
 
 import pathlib
