@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 from jdet.inference.temporal import (
     CausalTracker,
     TemporalOptions,
-    TrackLinker,
     decide,
     decide_all,
     from_mapping,
     start_threshold,
 )
+from jdet.inference.tracks import TrackLinker
 from jdet.submission import submission_from_detections
 
 
