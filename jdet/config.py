@@ -120,6 +120,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.tile = 0
     c.eval.tile_overlap = 0.25
     c.eval.tile_full = True
+    # Appearance re-scoring (jdet.inference.appearance): each box's score times (its colour
+    # similarity to the references / the video's usual level) ** appearance; 0 = off.
+    c.eval.appearance = 0.0
     c.eval.best_metric = "metrics/st_iou"  # higher is better; its best weights → workdir/best
 
     c.debug = ml_collections.ConfigDict()
@@ -278,6 +281,7 @@ def predict_options(config: ml_collections.ConfigDict) -> PredictOptions:
         tile=e.get("tile", 0),
         tile_overlap=e.get("tile_overlap", 0.25),
         tile_full=e.get("tile_full", True),
+        appearance=e.get("appearance", 0.0),
     )
 
 

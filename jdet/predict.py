@@ -7,7 +7,9 @@ latest checkpoint), a `checkpoints/` folder, or a weights folder written by the 
 box each frame reports is decided over time (`jdet.inference.temporal`: thresholds,
 hysteresis, gap filling, minimum interval length, smoothing, track rescoring; offline or
 causal): the run's `eval.temporal` config, which the flags override; `--temporal frame` keeps
-the per-frame rule (highest box ≥ `--conf`). Every video is present, with
+the per-frame rule (highest box ≥ `--conf`). Before that, boxes are re-scored by their colour
+similarity to the reference photos when the run's `eval.appearance` (or `--appearance`) is > 0
+(`jdet.inference.appearance`). Every video is present, with
 `"detections": []` when nothing is found.
 
 Also written: the per-video wall time as CSV (`video_id,time_ms`; `--times`, default
@@ -79,6 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--tile-overlap", type=float, default=PredictOptions.tile_overlap)
     parser.add_argument(
+        "--appearance",
+        type=float,
+        default=None,
+        metavar="BETA",
+        help="weight each box's score by (colour similarity to the references / the video's "
+        "usual level) ** BETA; 0: off (default: the run's eval.appearance)",
+    )
+    parser.add_argument(
         "--min-references",
         type=int,
         default=MIN_REFERENCES,
@@ -100,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             tile=args.tile,
             tile_overlap=args.tile_overlap,
+            appearance=args.appearance,
         )
     except ValueError as err:
         parser.error("--" + str(err).replace("_", "-", 1))

@@ -1,10 +1,13 @@
 """Temporal decisions, step by step: the ablation table of docs/inference.md §3.
 
     python3 scripts/ablate_temporal.py --workdir runs/photo0 [--samples ROOT] [--values JSON]
+        [--appearance BETA]
 
 Runs the run's best (else latest) weights once over ROOT (default: the run's validation
 videos, for configs/photo.py the held-out objects), every frame, and keeps the scored boxes
-(WORKDIR/ablation/; reused when present). Then scores mean ST-IoU, offline and causal, for:
+(WORKDIR/ablation/; reused when present). The boxes are re-scored by appearance as the run's
+config says (`eval.appearance`), or with --appearance BETA (0: the detector's scores). Then
+it scores mean ST-IoU, offline and causal, for:
 
 - the per-frame rule at 0.25 (the original) and at the best threshold on these videos;
 - each temporal step added in turn (track rescoring, adaptive threshold, hysteresis,
@@ -100,15 +103,25 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--values", default=None, help="TemporalOptions fields as JSON (default: search them)"
     )
+    parser.add_argument(
+        "--appearance", type=float, default=None, help="default: the run's eval.appearance"
+    )
     args = parser.parse_args(argv)
     config, samples, records = run_videos(args.workdir, args.samples)
     gt = {r.video_id: dict(r.boxes) for r in records}
-    cache = args.workdir / "ablation" / f"detections_{samples.name}.npz"
-    detections, seconds = cached_detections(args.workdir, records, cache, predict_options(config))
+    options = predict_options(config)
+    if args.appearance is not None:
+        options = dataclasses.replace(options, appearance=args.appearance)
+    name = f"detections_{samples.name}"
+    if options.appearance:
+        name += f"_appearance{options.appearance:g}"
+    cache = args.workdir / "ablation" / f"{name}.npz"
+    detections, seconds = cached_detections(args.workdir, records, cache, options)
     frames = sum(len(d) for d in detections.values())
     coco = coco_map(gt, detections, {v: sorted(d) for v, d in detections.items()})
     print(
-        f"{len(records)} videos, {frames} frames ({frames / seconds:.1f} frames/s); "
+        f"{len(records)} videos, {frames} frames ({frames / seconds:.1f} frames/s), "
+        f"appearance {options.appearance:g}; "
         f"frame mAP50 {coco['mAP50']:.4f}, mAP50-95 {coco['mAP50-95']:.4f}"
     )
 

@@ -3,7 +3,8 @@
 Per video the reference photos go through the support encoder once (the prototypes are cached
 for the whole video); frames are decoded one at a time (constant memory on long videos),
 letterboxed to the training query size, run in fixed-size batches (one compilation), decoded
-and NMS'd on device, and mapped back to frame pixels.
+and NMS'd on device, and mapped back to frame pixels; with `appearance` > 0 each box's score is
+then weighted by its colour similarity to the references (`jdet.inference.appearance`).
 
 `Predictor.from_checkpoint(path)` (a run, checkpoints/ or best/; `jdet.checkpoint.load_run`),
 `Predictor.predict_video(...)`, `predict_folder(...)` → `jdet.submission.Detections`; the
@@ -28,7 +29,7 @@ from jdet.checkpoint import load_run
 from jdet.data import transforms as T
 from jdet.data import video as video_io
 from jdet.data import zalo
-from jdet.inference import tiling
+from jdet.inference import appearance, tiling
 from jdet.models import build_model
 from jdet.models.refdet import RefDet
 from jdet.postprocess import postprocess, unletterbox
@@ -50,8 +51,14 @@ class PredictOptions:
     tile: int = 0
     tile_overlap: float = 0.25
     tile_full: bool = True
+    # Appearance re-scoring (jdet.inference.appearance): each box's score times
+    # (colour similarity to the references / the video's usual level) ** appearance; 0: off.
+    # None: the run's eval.appearance (Predictor.from_checkpoint), else 0.
+    appearance: float | None = None
 
     def __post_init__(self):
+        if self.appearance is not None:
+            appearance.check_beta(self.appearance)
         if self.tile < 0:
             raise ValueError(f"tile must be >= 0 (0: off), got {self.tile}")
         if not 0.0 <= self.tile_overlap < 1.0:
@@ -104,6 +111,8 @@ class Predictor:
         cls, path: str | pathlib.Path, options: PredictOptions = PredictOptions()
     ) -> Predictor:
         config, variables, desc = load_run(path)
+        if options.appearance is None:
+            options = dataclasses.replace(options, appearance=config.eval.get("appearance", 0.0))
         predictor = cls(
             build_model(config, support_groups=0),
             variables,
@@ -191,12 +200,16 @@ class Predictor:
         each batch with the number of frames done (progress bars).
         """
         prototypes = self.encode_references(references)
+        beta = self.options.appearance or 0.0
+        scorer = appearance.AppearanceScorer(references, beta) if beta > 0 else None
         stop = None if max_frames is None else max_frames * stride
         result: FrameDetections = {}
         pending: list[tuple[int, np.ndarray]] = []
 
         def flush():
             dets = self.detect_frames([f for _, f in pending], prototypes)
+            if scorer is not None:
+                dets = [scorer.rescore(f, d) for (_, f), d in zip(pending, dets)]
             result.update({i: d for (i, _), d in zip(pending, dets)})
             if on_frames is not None:
                 on_frames(len(pending))
