@@ -125,3 +125,17 @@ def test_bad_appearance_values_name_the_option(bad):
         PredictOptions(appearance=bad)
     with pytest.raises(ValueError, match="reference photo"):
         reference_histogram([])
+
+
+def test_predict_flag_and_config_name_the_option(tmp_path, capsys):
+    from jdet import predict
+    from jdet.config import base_config, finalize
+
+    argv = ["--checkpoint", "r", "--samples", "s", "--out", str(tmp_path / "o.json")]
+    with pytest.raises(SystemExit):
+        predict.main([*argv, "--appearance", "-1"])
+    assert "--appearance must be a finite number >= 0" in capsys.readouterr().err
+    c = base_config()
+    c.eval.appearance = float("nan")
+    with pytest.raises(ValueError, match="eval.appearance must be"):
+        finalize(c)

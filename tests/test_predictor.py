@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from jdet.data import synthetic, zalo
+from jdet.data import video as video_io
 from jdet.distributed import run_once
+from jdet.inference.appearance import AppearanceScorer
 from jdet.inference.predictor import PredictOptions, Predictor, load_samples, predict_folder
 from jdet.models.refdet import RefDet
 from tests.helpers import refdet_batch
@@ -119,6 +121,31 @@ def test_predict_video_strides_limits_and_repeats(predictor, samples):
     first = predictor.predict_video(record.video_path, photos, max_frames=3)
     assert sorted(first) == [0, 1, 2]
     np.testing.assert_allclose(first[2], every_other[2], rtol=1e-5, atol=1e-4)
+
+
+def test_appearance_rescores_the_detectors_boxes_frame_by_frame(predictor, samples):
+    """With appearance on, predict_video = the plain boxes through one AppearanceScorer."""
+    (record, *_) = load_samples(samples)
+    photos = [zalo.load_reference(p) for p in record.reference_paths]
+    plain = predictor.predict_video(record.video_path, photos, max_frames=5)
+    options = dataclasses.replace(predictor.options, appearance=2.0)
+    coloured = Predictor(
+        predictor.model,
+        predictor.variables,
+        query_size=QUERY,
+        support_size=SUPPORT,
+        options=options,
+    ).predict_video(record.video_path, photos, max_frames=5)
+    scorer = AppearanceScorer(photos, 2.0)
+    frames = video_io.read_frames(record.video_path, range(5))
+    assert sorted(coloured) == sorted(plain)
+    changed = 0
+    for f in range(5):
+        expect = scorer.rescore(frames[f], plain[f])
+        np.testing.assert_allclose(coloured[f], expect, rtol=1e-5, atol=1e-6)
+        assert (np.diff(coloured[f][:, 4]) <= 0).all()  # highest first
+        changed += not np.allclose(np.sort(coloured[f][:, 4]), np.sort(plain[f][:, 4]))
+    assert changed
 
 
 def test_predict_folder_covers_every_video(predictor, samples):
