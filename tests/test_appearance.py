@@ -139,3 +139,14 @@ def test_predict_flag_and_config_name_the_option(tmp_path, capsys):
     c.eval.appearance = float("nan")
     with pytest.raises(ValueError, match="eval.appearance must be"):
         finalize(c)
+
+
+def test_a_fixed_level_ignores_the_videos_history():
+    ref = reference_histogram([_photo(RED)])
+    dets = np.array([BLUE_BOX + [0.3], RED_BOX + [0.2]], np.float32)
+    c = similarity(bin_image(_frame()), dets, ref)
+    fixed = AppearanceScorer([_photo(RED)], 2.0, level=0.5)
+    for _ in range(3):  # the same answer every frame: no running mean
+        out = fixed.apply(c, dets)
+        np.testing.assert_allclose(out[0, 4], 0.2 * (c[1] / 0.5) ** 2, rtol=1e-5)
+    np.testing.assert_array_equal(fixed.rescore(_frame(), dets), out)

@@ -135,8 +135,11 @@ def test_appearance_rescores_the_detectors_boxes_frame_by_frame(predictor, sampl
         query_size=QUERY,
         support_size=SUPPORT,
         options=options,
-    ).predict_video(record.video_path, photos, max_frames=5)
+    ).predict_video(record.video_path, photos, max_frames=5, detector_scores=(own := {}))
     scorer = AppearanceScorer(photos, 2.0)
+    assert sorted(own) == sorted(plain)
+    for f in own:  # the boxes before re-scoring are the plain predictor's
+        np.testing.assert_allclose(own[f], plain[f], rtol=1e-5, atol=1e-6)
     frames = video_io.read_frames(record.video_path, range(5))
     assert sorted(coloured) == sorted(plain)
     changed = 0

@@ -52,11 +52,18 @@ def evaluate_records(
     progress: bool = True,
 ) -> EvalResult:
     """Run `predictor` over `records` (jdet.data.zalo.VideoRecord) and score it: ST-IoU on the
-    submission (the boxes `temporal` decides to report) and COCO mAP on all detections, both
-    over the frames that were run."""
+    submission (the boxes `temporal` decides to report) and COCO mAP on all detections with
+    the detector's own scores (before appearance re-scoring, which puts each video's scores on
+    its own scale), both over the frames that were run."""
     start = time.perf_counter()
+    own: dict = {}
     detections = predict_folder(
-        predictor, records, stride=stride, max_frames=max_frames, progress=progress
+        predictor,
+        records,
+        stride=stride,
+        max_frames=max_frames,
+        progress=progress,
+        detector_scores=own,
     )
     seconds = time.perf_counter() - start
     frames = {vid: sorted(d) for vid, d in detections.items()}
@@ -71,7 +78,7 @@ def evaluate_records(
         for vid, boxes in decide_all(detections, temporal).items()
     }
     mean, per_video = st_iou(gt, submission)
-    coco = coco_map(gt, detections, frames)
+    coco = coco_map(gt, own, frames)
     metrics = {
         "metrics/st_iou": float(mean),
         "metrics/mAP50": float(coco["mAP50"]),

@@ -104,12 +104,22 @@ def similarity(bins: np.ndarray, boxes: np.ndarray, reference: np.ndarray, scale
     return out
 
 
-class AppearanceScorer:
-    """One video's re-scoring, frame by frame: `rescore(frame, dets)` in the video's order."""
+def frame_similarity(frame: np.ndarray, dets: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """`similarity` of a whole frame's boxes: the frame sampled every n-th pixel down to at
+    most `MAX_SIDE` wide first."""
+    step = -(-max(frame.shape[:2]) // MAX_SIDE)
+    return similarity(bin_image(frame[::step, ::step]), dets, reference, 1.0 / step)
 
-    def __init__(self, photos: Sequence[np.ndarray], beta: float):
+
+class AppearanceScorer:
+    """One video's re-scoring, frame by frame: `rescore(frame, dets)` in the video's order.
+
+    level: a fixed c̄ instead of the video's running mean (for comparisons; None: running)."""
+
+    def __init__(self, photos: Sequence[np.ndarray], beta: float, level: float | None = None):
         self.beta = check_beta(beta)
         self.reference = reference_histogram(photos)
+        self.level = level
         self.total, self.count = 0.0, 0
 
     def rescore(self, frame: np.ndarray, dets: np.ndarray) -> np.ndarray:
@@ -118,11 +128,16 @@ class AppearanceScorer:
         dets = np.asarray(dets)
         if len(dets) == 0 or self.beta == 0:
             return dets
-        step = -(-max(frame.shape[:2]) // MAX_SIDE)  # every step-th pixel: ≤ MAX_SIDE wide
-        c = similarity(bin_image(frame[::step, ::step]), dets, self.reference, 1.0 / step)
+        return self.apply(frame_similarity(frame, dets, self.reference), dets)
+
+    def apply(self, c: np.ndarray, dets: np.ndarray) -> np.ndarray:
+        """`rescore` from the boxes' similarities `c` [n] (`frame_similarity`), already known."""
+        dets = np.asarray(dets)
+        if len(dets) == 0 or self.beta == 0:
+            return dets
         self.total += float(c[np.argmax(dets[:, 4])])
         self.count += 1
-        factor = (c / max(self.total / self.count, LEVEL_FLOOR)) ** self.beta
+        level = self.total / self.count if self.level is None else self.level
         out = dets.copy()
-        out[:, 4] = dets[:, 4] * factor
+        out[:, 4] = dets[:, 4] * (c / max(level, LEVEL_FLOOR)) ** self.beta
         return out[np.argsort(-out[:, 4], kind="stable")]

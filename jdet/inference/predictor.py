@@ -193,11 +193,14 @@ class Predictor:
         stride: int = 1,
         max_frames: int | None = None,
         on_frames: Callable[[int], None] | None = None,
+        detector_scores: FrameDetections | None = None,
     ) -> FrameDetections:
         """Every `stride`-th frame of a video (streamed) → {frame: [n, 5] detections}.
 
         references: the K reference photos ([h, w, 3] uint8 RGB); on_frames(n) is called after
-        each batch with the number of frames done (progress bars).
+        each batch with the number of frames done (progress bars); detector_scores: if given,
+        filled with the detections before appearance re-scoring (the detector's own scores,
+        what frame mAP measures).
         """
         prototypes = self.encode_references(references)
         beta = self.options.appearance or 0.0
@@ -208,6 +211,8 @@ class Predictor:
 
         def flush():
             dets = self.detect_frames([f for _, f in pending], prototypes)
+            if detector_scores is not None:
+                detector_scores.update({i: d for (i, _), d in zip(pending, dets)})
             if scorer is not None:
                 dets = [scorer.rescore(f, d) for (_, f), d in zip(pending, dets)]
             result.update({i: d for (i, _), d in zip(pending, dets)})
@@ -243,11 +248,13 @@ def predict_folder(
     max_frames: int | None = None,
     progress: bool = True,
     seconds: dict[str, float] | None = None,
+    detector_scores: Detections | None = None,
 ) -> Detections:
     """Every video of a folder → {video_id: {frame: [n, 5]}} (a tqdm bar over frames).
 
     seconds: if given, filled with each video's wall time (reference photos read and encoded,
-    frames decoded and run)."""
+    frames decoded and run); detector_scores: if given, filled with the detections before
+    appearance re-scoring (`Predictor.predict_video`)."""
     records = list(records)
     total = sum(
         len(
@@ -271,6 +278,9 @@ def predict_folder(
                 stride=stride,
                 max_frames=max_frames,
                 on_frames=bar.update,
+                detector_scores=None
+                if detector_scores is None
+                else detector_scores.setdefault(record.video_id, {}),
             )
             if seconds is not None:
                 seconds[record.video_id] = time.perf_counter() - start
