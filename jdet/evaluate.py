@@ -15,6 +15,7 @@ stderr (exit 2). The metrics are in `jdet.evaluation`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -27,7 +28,8 @@ from jdet.data.prepare import eval_samples
 from jdet.data.report import DatasetError
 from jdet.evaluation.run import evaluate_records, format_metrics, write_report
 from jdet.evaluation.st_iou import per_video_table, st_iou
-from jdet.inference import temporal
+from jdet.inference import appearance, temporal
+from jdet.inference.appearance import check_beta
 from jdet.inference.predictor import Predictor, load_samples
 from jdet.submission import SubmissionError, load_ground_truth, names, read_submission
 
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--stride", type=int, default=None, help="--workdir: every n-th frame")
     parser.add_argument("--max-frames", type=int, default=None, help="--workdir: per video")
+    appearance.add_flag(parser, "the run's eval.appearance")
     temporal.add_flags(parser, "the run's eval.temporal config")
     return parser
 
@@ -102,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main_workdir(args: argparse.Namespace) -> int:
     try:
+        beta = None if args.appearance is None else check_beta(args.appearance, "--appearance")
         config, _, _ = load_run(args.workdir)
         samples = args.samples
         if samples is None:
@@ -112,7 +116,10 @@ def _main_workdir(args: argparse.Namespace) -> int:
                 )
         e = config.eval
         temporal_opts = temporal.from_flags(args, temporal_options(config))
-        predictor = Predictor.from_checkpoint(args.workdir, predict_options(config))
+        options = predict_options(config)
+        if beta is not None:
+            options = dataclasses.replace(options, appearance=beta)
+        predictor = Predictor.from_checkpoint(args.workdir, options)
         records = load_samples(samples)
     except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as err:
         print(f"error: {one_line(str(err))}", file=sys.stderr)

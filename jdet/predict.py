@@ -31,7 +31,7 @@ from jdet.checkpoint import CheckpointError
 from jdet.data import video as video_io
 from jdet.data.report import DatasetError
 from jdet.data.zalo import MIN_REFERENCES
-from jdet.inference import temporal
+from jdet.inference import appearance, temporal
 from jdet.inference.overlay import write_overlay
 from jdet.inference.predictor import PredictOptions, Predictor, load_samples, predict_folder
 from jdet.inference.temporal import TemporalOptions
@@ -80,14 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="small objects: also run overlapping PX × PX crops of each frame (0: off)",
     )
     parser.add_argument("--tile-overlap", type=float, default=PredictOptions.tile_overlap)
-    parser.add_argument(
-        "--appearance",
-        type=float,
-        default=None,
-        metavar="BETA",
-        help="weight each box's score by (colour similarity to the references / the video's "
-        "usual level) ** BETA; 0: off (default: the run's eval.appearance)",
-    )
+    appearance.add_flag(parser, "the run's eval.appearance")
     parser.add_argument(
         "--min-references",
         type=int,

@@ -135,6 +135,10 @@ def test_predict_flag_and_config_name_the_option(tmp_path, capsys):
     with pytest.raises(SystemExit):
         predict.main([*argv, "--appearance", "-1"])
     assert "--appearance must be a finite number >= 0" in capsys.readouterr().err
+    from jdet import evaluate
+
+    assert evaluate.main(["--workdir", str(tmp_path), "--appearance", "nan"]) == 2
+    assert "--appearance must be a finite number >= 0" in capsys.readouterr().err
     c = base_config()
     c.eval.appearance = float("nan")
     with pytest.raises(ValueError, match="eval.appearance must be"):

@@ -22,12 +22,13 @@ looks less loses: a distractor drops below the object, and a frame whose best bo
 wrong colours drops below the decision threshold (docs/inference.md §3 has the measured
 effect). ``beta = 0`` leaves the scores as they are. The new scores rank boxes; they are not
 probabilities and can exceed 1. Frames wider than `MAX_SIDE` pixels are sampled every n-th
-pixel down to at most that, so the cost does not grow with the video's resolution (~8 ms per
-640×360 frame with 100 boxes on the 2-core Xeon; the model takes ~60).
+pixel down to at most that, so the cost does not grow with the video's resolution (3–5 ms per
+frame with 100 boxes on the 2-core Xeon, at 640×360 as at 1920×1080; the model takes ~60).
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import math
 from collections.abc import Sequence
@@ -64,6 +65,18 @@ def _table() -> np.ndarray:
     level = (np.arange(64) << 2) + 2
     grid = np.stack(np.meshgrid(level, level, level, indexing="ij"), -1)
     return _hsv_bins(grid.reshape(-1, 1, 3).astype(np.uint8)).reshape(-1).astype(np.int16)
+
+
+def add_flag(parser: argparse.ArgumentParser, default: str) -> None:
+    """`--appearance BETA` (None when not given: `default` says what is used then)."""
+    parser.add_argument(
+        "--appearance",
+        type=float,
+        default=None,
+        metavar="BETA",
+        help="weight each box's score by (colour similarity to the references / the video's "
+        f"usual level) ** BETA; 0: off (default: {default})",
+    )
 
 
 def bin_image(rgb: np.ndarray) -> np.ndarray:
