@@ -1,7 +1,7 @@
 """Small objects: recall and ST-IoU by box size, whole frames against tiled inference.
 
     python3 scripts/small_objects.py --workdir runs/photo0 [--samples ROOT] [--tiles 0,256]
-        [--values JSON]
+        [--values JSON] [--appearance BETA]
 
 For each tile size (0: the whole frame letterboxed to the query size, the default; PX: also
 overlapping PX × PX crops, `jdet.inference.tiling`) runs the run's best (else latest) weights
@@ -11,7 +11,8 @@ over every frame of ROOT (default: the run's validation videos) and prints one m
   size √(w·h) in frame pixels: < 32, 32–64, > 64;
 - ST-IoU with the run's temporal decisions (`eval.temporal`, or those of --values), videos
   grouped by their median ground-truth box size, and the mean;
-- frames per second of the whole prediction (decode, letterbox, model, NMS, merge).
+- frames per second of the whole prediction (decode, letterbox, model, NMS, merge, appearance
+  re-scoring as the run's `eval.appearance` or --appearance says).
 
 Detections are kept in WORKDIR/small_objects/ (reused when present).
 """
@@ -62,6 +63,9 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=pathlib.Path, default=None)
     parser.add_argument("--tiles", default="0,256", help="comma-separated tile sizes (0: off)")
     parser.add_argument(
+        "--appearance", type=float, default=None, help="default: the run's eval.appearance"
+    )
+    parser.add_argument(
         "--values", default=None, help="TemporalOptions fields as JSON (default: the run's)"
     )
     args = parser.parse_args(argv)
@@ -85,8 +89,13 @@ def main(argv=None) -> int:
     )
     rows = []
     for tile in (int(t) for t in args.tiles.split(",")):
-        cache = out / f"{samples.name}_tile{tile}.npz"
         options = dataclasses.replace(predict_options(config), tile=tile)
+        if args.appearance is not None:
+            options = dataclasses.replace(options, appearance=args.appearance)
+        name = f"{samples.name}_tile{tile}"
+        if options.appearance:
+            name += f"_appearance{options.appearance:g}"
+        cache = out / f"{name}.npz"
         detections, seconds = cached_detections(args.workdir, records, cache, options)
         frames = sum(len(d) for d in detections.values())
         recall = recall_by_size(gt, detections)
