@@ -29,7 +29,6 @@ from jdet.data.report import DatasetError
 from jdet.evaluation.run import evaluate_records, format_metrics, write_report
 from jdet.evaluation.st_iou import per_video_table, st_iou
 from jdet.inference import appearance, temporal
-from jdet.inference.appearance import check_beta
 from jdet.inference.predictor import Predictor, load_samples
 from jdet.submission import SubmissionError, load_ground_truth, names, read_submission
 
@@ -105,7 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main_workdir(args: argparse.Namespace) -> int:
     try:
-        beta = None if args.appearance is None else check_beta(args.appearance, "--appearance")
+        beta = (
+            None
+            if args.appearance is None
+            else appearance.check_beta(args.appearance, "--appearance")
+        )
         config, _, _ = load_run(args.workdir)
         samples = args.samples
         if samples is None:
