@@ -61,7 +61,8 @@ def measure_infer(args: argparse.Namespace) -> dict:
 
     from jdet.data import synthetic, zalo
     from jdet.data.video import iter_frames
-    from jdet.inference.predictor import PredictOptions, Predictor
+    from jdet.inference.pipeline import PredictOptions
+    from jdet.inference.predictor import Predictor
     from jdet.models.refdet import RefDet
 
     with tempfile.TemporaryDirectory() as tmp:

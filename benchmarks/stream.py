@@ -64,7 +64,8 @@ def bench_stream(args: argparse.Namespace) -> None:
     import jax
 
     from jdet.data.video import video_info, write_video
-    from jdet.inference.predictor import PredictOptions, Predictor
+    from jdet.inference.pipeline import PredictOptions
+    from jdet.inference.predictor import Predictor
     from jdet.models.refdet import RefDet
 
     n = int(round(args.seconds * 25))

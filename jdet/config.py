@@ -21,7 +21,7 @@ import ml_collections
 from jdet import distributed
 from jdet.data.episodes import EpisodeConfig
 from jdet.inference import temporal
-from jdet.inference.predictor import PredictOptions
+from jdet.inference.pipeline import PredictOptions
 from jdet.inference.temporal import TemporalOptions
 from jdet.losses import TERM_NAMES, LossConfig
 from jdet.models.onednn_conv import CHOICES as CONV_CHOICES

@@ -29,7 +29,8 @@ from jdet.data.report import DatasetError
 from jdet.evaluation.run import evaluate_records, format_metrics, write_report
 from jdet.evaluation.st_iou import per_video_table, st_iou
 from jdet.inference import appearance, temporal
-from jdet.inference.predictor import Predictor, load_samples
+from jdet.inference.pipeline import load_samples
+from jdet.inference.predictor import Predictor
 from jdet.submission import SubmissionError, load_ground_truth, names, read_submission
 
 

@@ -1,4 +1,4 @@
-"""Inference post-processing: DFL decoding, fixed-size NMS and letterbox undo.
+"""Inference post-processing: DFL decoding and fixed-size NMS (on device).
 
 `decode_boxes` turns RefDet's per-anchor bin logits into pixel boxes with the same functions the
 loss uses (`dfl_expectation`, `dist2bbox`), so training and inference decode identically.
@@ -21,10 +21,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jdet.boxes import box_iou_matrix, dist2bbox
-from jdet.data.transforms import letterbox_params
 from jdet.losses.dfl import dfl_expectation
 
 # Class id of padding rows in `Detections.classes` and in column 5 of `to_array`.
@@ -224,25 +222,3 @@ def to_array(det: Detections) -> jax.Array:
     return jnp.concatenate(
         [det.boxes, det.scores[..., None], det.classes[..., None].astype(jnp.float32)], axis=-1
     )
-
-
-def unletterbox(boxes: np.ndarray, frame_hw: tuple[int, int], size: int) -> np.ndarray:
-    """Boxes in the letterboxed ``size``² input → boxes in the original frame, clipped to it.
-
-    Inverts `jdet.data.transforms.letterbox` (``x_lb = x * new_w / width + left``). Host side.
-
-    Args:
-      boxes: [..., 4] f32, xyxy pixels in the letterboxed square.
-      frame_hw: (height, width) of the original frame in pixels.
-      size: side of the letterboxed square.
-    Returns:
-      [..., 4] f32 xyxy frame pixels, x in [0, width], y in [0, height].
-    """
-    height, width = frame_hw
-    new_h, new_w, top, left = letterbox_params(height, width, size)
-    boxes = np.asarray(boxes, dtype=np.float32)
-    x = (boxes[..., [0, 2]] - left) * (width / new_w)
-    y = (boxes[..., [1, 3]] - top) * (height / new_h)
-    x = np.clip(x, 0.0, width)
-    y = np.clip(y, 0.0, height)
-    return np.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], axis=-1).astype(np.float32)

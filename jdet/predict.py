@@ -33,7 +33,8 @@ from jdet.data.report import DatasetError
 from jdet.data.zalo import MIN_REFERENCES
 from jdet.inference import appearance, temporal
 from jdet.inference.overlay import write_overlay
-from jdet.inference.predictor import PredictOptions, Predictor, load_samples, predict_folder
+from jdet.inference.pipeline import PredictOptions, load_samples, predict_folder
+from jdet.inference.predictor import Predictor
 from jdet.inference.temporal import TemporalOptions
 from jdet.submission import write_submission
 

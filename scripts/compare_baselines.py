@@ -30,7 +30,8 @@ from jdet.data.prepare import VAL_SEED_OFFSET, ensure_synthetic
 from jdet.evaluation.coco import coco_map
 from jdet.evaluation.run import evaluate_records, run_videos, write_report
 from jdet.evaluation.st_iou import st_iou, tune_conf_threshold
-from jdet.inference.predictor import Predictor, load_samples
+from jdet.inference.pipeline import load_samples
+from jdet.inference.predictor import Predictor
 from jdet.submission import read_submission, submission_from_detections
 
 

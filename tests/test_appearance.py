@@ -15,7 +15,7 @@ from jdet.inference.appearance import (
     reference_histogram,
     similarity,
 )
-from jdet.inference.predictor import PredictOptions
+from jdet.inference.pipeline import PredictOptions
 
 RED, BLUE, GREY = (210, 30, 40), (40, 60, 200), (120, 120, 120)
 

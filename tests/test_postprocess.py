@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from jdet.boxes import make_anchors
-from jdet.data.transforms import letterbox
+from jdet.data.transforms import letterbox, unletterbox
 from jdet.postprocess import (
     INVALID_CLASS,
     Detections,
@@ -21,7 +21,6 @@ from jdet.postprocess import (
     nms,
     postprocess,
     to_array,
-    unletterbox,
 )
 
 # Shapes of the property test; fixed so each static-argument combination compiles once.

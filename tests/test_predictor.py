@@ -16,7 +16,8 @@ from jdet.data import synthetic, zalo
 from jdet.data import video as video_io
 from jdet.distributed import run_once
 from jdet.inference.appearance import AppearanceScorer
-from jdet.inference.predictor import PredictOptions, Predictor, load_samples, predict_folder
+from jdet.inference.pipeline import PredictOptions, load_samples, predict_folder
+from jdet.inference.predictor import Predictor
 from jdet.models.refdet import RefDet
 from tests.helpers import refdet_batch
 

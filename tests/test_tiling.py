@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jdet.inference.predictor import PredictOptions
+from jdet.inference.pipeline import PredictOptions
 from jdet.inference.tiling import cut_by_edge, merge, tile_grid
 
 

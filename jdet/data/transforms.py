@@ -324,3 +324,25 @@ def support_transform(
     if mode == "strong":
         image = np.ascontiguousarray(np.rot90(image, k=int(rng.integers(4))))
     return image
+
+
+def unletterbox(boxes: np.ndarray, frame_hw: tuple[int, int], size: int) -> np.ndarray:
+    """Boxes in the letterboxed ``size``² input → boxes in the original frame, clipped to it.
+
+    Inverts `letterbox` (``x_lb = x * new_w / width + left``). Host side.
+
+    Args:
+      boxes: [..., 4] f32, xyxy pixels in the letterboxed square.
+      frame_hw: (height, width) of the original frame in pixels.
+      size: side of the letterboxed square.
+    Returns:
+      [..., 4] f32 xyxy frame pixels, x in [0, width], y in [0, height].
+    """
+    height, width = frame_hw
+    new_h, new_w, top, left = letterbox_params(height, width, size)
+    boxes = np.asarray(boxes, dtype=np.float32)
+    x = (boxes[..., [0, 2]] - left) * (width / new_w)
+    y = (boxes[..., [1, 3]] - top) * (height / new_h)
+    x = np.clip(x, 0.0, width)
+    y = np.clip(y, 0.0, height)
+    return np.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], axis=-1).astype(np.float32)

@@ -18,7 +18,8 @@ from jdet.data.video import read_frames
 from jdet.evaluation import plots
 from jdet.evaluation.coco import coco_map
 from jdet.evaluation.st_iou import per_video_table, st_iou
-from jdet.inference.predictor import PredictOptions, Predictor, load_samples, predict_folder
+from jdet.inference.pipeline import PredictOptions, load_samples, predict_folder
+from jdet.inference.predictor import Predictor
 from jdet.inference.temporal import TemporalOptions, decide_all
 from jdet.submission import (
     Detections,

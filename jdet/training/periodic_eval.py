@@ -16,7 +16,8 @@ from jdet import checkpoint
 from jdet.checkpoint import BEST
 from jdet.config import predict_options, temporal_options
 from jdet.evaluation.run import evaluate_records, write_report
-from jdet.inference.predictor import Predictor, load_samples
+from jdet.inference.pipeline import load_samples
+from jdet.inference.predictor import Predictor
 
 
 class Evaluator:
