@@ -1,4 +1,5 @@
-"""jdet.postprocess: DFL decoding, fixed-size NMS against a NumPy reference, unletterbox."""
+"""jdet.postprocess: DFL decoding, fixed-size NMS against a NumPy reference (and the host NMS of
+jdet.inference.host_nms, which runtimes outside JAX use), unletterbox."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from hypothesis.extra import numpy as hnp
 
 from jdet.boxes import make_anchors
 from jdet.data.transforms import letterbox, unletterbox
+from jdet.inference import host_nms
 from jdet.postprocess import (
     INVALID_CLASS,
     Detections,
@@ -138,6 +140,19 @@ def test_nan_scores_never_kept():
     det = run_nms(boxes, scores, max_det=2)
     assert n_valid(det).tolist() == [1]
     np.testing.assert_allclose(det.scores[0, 0], 0.6)
+    kept_boxes, kept_scores, _ = host_nms.nms(boxes[0], scores[0], max_det=2)
+    np.testing.assert_array_equal(kept_boxes, [[20, 20, 30, 30]])
+    np.testing.assert_allclose(kept_scores, [0.6])
+
+
+def test_host_nms_zero_area_and_bad_shapes():
+    boxes = np.array([[5, 5, 5, 5], [5, 5, 5, 5], [0, 0, 0, 10], [3, 3, 1, 1]], np.float32)
+    kept, _, classes = host_nms.nms(boxes, np.full(4, 0.9, np.float32), max_det=6)
+    assert len(kept) == 4 and classes.tolist() == [0, 0, 0, 0]  # empty boxes suppress nothing
+    with pytest.raises(ValueError, match="boxes"):
+        host_nms.nms(boxes[:, :3], np.ones(4))
+    with pytest.raises(ValueError, match="max_det"):
+        host_nms.nms(boxes, np.ones(4), max_det=0)
 
 
 @given(
@@ -172,6 +187,17 @@ def test_jit_matches_reference(
         pre_nms_topk=pre_nms_topk,
         class_agnostic=agnostic,
     )
+    host = host_nms.batched_nms(
+        boxes,
+        scores,
+        iou_threshold=iou_threshold,
+        conf_threshold=conf_threshold,
+        max_det=max_det,
+        pre_nms_topk=pre_nms_topk,
+        class_agnostic=agnostic,
+    )
+    for got, want in zip(host, (det.boxes, det.scores, det.valid)):
+        np.testing.assert_array_equal(got, np.asarray(want))
     for b in range(BATCH):
         keep = reference_nms(
             boxes[b],
