@@ -1,9 +1,13 @@
 """Command line: a trained run + a folder in the challenge layout → the submission JSON.
 
     python -m jdet.predict --checkpoint runs/quickstart --samples data/test --out submission.json
+    python -m jdet.predict --backend onnx --model exported/qs --samples data/test --out s.json
 
 `--checkpoint` takes a run directory (its `best/` weights when evaluation kept some, else its
-latest checkpoint), a `checkpoints/` folder, or a weights folder written by the trainer. Which
+latest checkpoint), a `checkpoints/` folder, or a weights folder written by the trainer. With
+`--backend onnx` the model is instead a folder written by `python -m jdet.export` (`--model`),
+run on onnxruntime with NMS in NumPy; that path never imports JAX, as a board would run it,
+and its appearance and temporal defaults are the exported run's. Which
 box each frame reports is decided over time (`jdet.inference.temporal`: thresholds,
 hysteresis, gap filling, minimum interval length, smoothing, track rescoring; offline or
 causal): the run's `eval.temporal` config, which the flags override; `--temporal frame` keeps
@@ -27,14 +31,12 @@ import time
 from collections.abc import Sequence
 
 from jdet import _malloc, _xla_defaults
-from jdet.checkpoint import CheckpointError
 from jdet.data import video as video_io
 from jdet.data.report import DatasetError
 from jdet.data.zalo import MIN_REFERENCES
 from jdet.inference import appearance, temporal
 from jdet.inference.overlay import write_overlay
-from jdet.inference.pipeline import PredictOptions, load_samples, predict_folder
-from jdet.inference.predictor import Predictor
+from jdet.inference.pipeline import BasePredictor, PredictOptions, load_samples, predict_folder
 from jdet.inference.temporal import TemporalOptions
 from jdet.submission import write_submission
 
@@ -47,13 +49,42 @@ def write_times(path: pathlib.Path, seconds: dict[str, float]) -> pathlib.Path:
     return path
 
 
+def _load(
+    args: argparse.Namespace, options: PredictOptions
+) -> tuple[BasePredictor, TemporalOptions]:
+    """The predictor the flags name and its temporal decisions before the flags' overrides."""
+    if args.backend == "onnx":
+        from jdet.inference.onnx_predictor import OnnxPredictor
+
+        predictor = OnnxPredictor.from_dir(args.model, options, fp16=args.fp16)
+        section = predictor.manifest.get("temporal")
+        if section is None:  # a run without eval.temporal: the per-frame rule
+            return predictor, TemporalOptions(mode="frame")
+        where = f"{predictor.directory}/jdet_export.json temporal."
+        return predictor, temporal.from_mapping(section, prefix=where)
+    from jdet.inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, options)
+    return predictor, temporal.from_eval_config(predictor.config.eval)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jdet.predict",
         description="Run a trained jdet model over a challenge-layout folder and write the "
         "submission JSON.",
     )
-    parser.add_argument("--checkpoint", required=True, help="run directory, checkpoints/ or best/")
+    parser.add_argument("--checkpoint", help="run directory, checkpoints/ or best/ (JAX backend)")
+    parser.add_argument(
+        "--backend",
+        choices=("jax", "onnx"),
+        default="jax",
+        help="jax: a training run (--checkpoint); onnx: an export (--model), no JAX imported",
+    )
+    parser.add_argument("--model", help="folder written by python -m jdet.export (onnx backend)")
+    parser.add_argument(
+        "--fp16", action="store_true", help="onnx backend: the float16 files (export --fp16)"
+    )
     parser.add_argument("--samples", required=True, help="folder with samples/<video_id>/...")
     parser.add_argument("--out", required=True, help="submission JSON to write")
     parser.add_argument("--stride", type=int, default=1, help="predict every n-th frame")
@@ -92,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _xla_defaults.apply()  # before anything starts a JAX backend
     _malloc.fix_mmap_threshold()  # flat memory on long videos
+    if args.backend == "jax" and not args.checkpoint:
+        parser.error("--checkpoint is required (or --backend onnx --model DIR)")
+    if args.backend == "onnx" and not args.model:
+        parser.error("--backend onnx needs --model DIR (a folder written by python -m jdet.export)")
     if args.stride < 1 or args.batch_size < 1 or args.min_references < 1:
         parser.error("--stride, --batch-size and --min-references must be >= 1")
     try:  # the flags' own values, checked before anything is loaded
@@ -110,9 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--" + str(err).replace("_", "-", 1))
     try:
         records = load_samples(args.samples, min_references=args.min_references)
-        predictor = Predictor.from_checkpoint(args.checkpoint, options)
-        decisions = temporal.from_flags(args, temporal.from_eval_config(predictor.config.eval))
-    except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as err:
+        predictor, defaults = _load(args, options)
+        decisions = temporal.from_flags(args, defaults)
+    except (DatasetError, FileNotFoundError, ValueError) as err:  # CheckpointError too
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"jdet.predict: {predictor.description}; {len(records)} video(s)", flush=True)
