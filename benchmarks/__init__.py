@@ -10,6 +10,7 @@ is not installed with jdet):
     python -m benchmarks train [--rows yolo,refdet,torch] [--no-torch]    train-step throughput
     python -m benchmarks infer [--frames 48] [--sizes 320,640]   inference frames/s
     python -m benchmarks stream [--seconds 300]                  memory on a long 1080p video
+    python -m benchmarks onnx [--config configs/photo.py]       ONNX on onnxruntime vs JAX
     python -m benchmarks depthwise [--batch 8]          depthwise conv: grouped vs shifted slices
     python -m benchmarks data [--workers 0,2] [--data-dir DIR]   input pipeline throughput
     python -m benchmarks peak [--repeats 5] [--quick]          this machine's float32 peak

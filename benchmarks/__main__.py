@@ -13,6 +13,7 @@ from benchmarks import (
     infer,
     losses,
     models,
+    onnx,
     peak,
     proc,
     profiling,
@@ -42,6 +43,11 @@ COMMANDS = {
         train.bench_train,
     ),
     "infer": ("inference frames/s on a 640×360 video", infer.add_arguments, infer.bench_infer),
+    "onnx": (
+        "the exported ONNX detector on onnxruntime against JAX",
+        onnx.add_arguments,
+        onnx.bench_onnx,
+    ),
     "stream": ("memory on a long video (streaming)", stream.add_arguments, stream.bench_stream),
     "depthwise": (
         "depthwise convolutions: XLA's grouped conv vs shifted slices",

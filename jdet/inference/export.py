@@ -267,8 +267,10 @@ def run_onnx(
     """Run an export's ONNX files on onnxruntime: (prototypes, boxes, scores)."""
     import onnxruntime as ort
 
-    enc = ort.InferenceSession(str(directory / f"encoder{tag}.onnx"))
-    det = ort.InferenceSession(str(directory / f"detector{tag}.onnx"))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    enc = ort.InferenceSession(str(directory / f"encoder{tag}.onnx"), so)
+    det = ort.InferenceSession(str(directory / f"detector{tag}.onnx"), so)
     protos = enc.run(None, {"support": support})
     feeds = {"query": query, **{n: p for n, p in zip(SCALES, protos)}}
     boxes, scores = det.run(None, feeds)

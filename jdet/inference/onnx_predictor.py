@@ -87,6 +87,7 @@ class OnnxPredictor(BasePredictor):
             paths.append(path)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or os.cpu_count() or 1
+        so.log_severity_level = 3  # errors only: not its constant-folding notes on fp16 graphs
         providers = providers or ["CPUExecutionProvider"]
         self._encoder, self._detector = (
             ort.InferenceSession(str(p), so, providers=providers) for p in paths
