@@ -21,6 +21,8 @@ import time
 from collections.abc import Sequence
 
 from jdet import _xla_defaults
+from jdet.checkpoint import CheckpointError
+from jdet.inference import export
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,10 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--fp16", action="store_true", help="also write float16 ONNX files")
     args = parser.parse_args(argv)
-    _xla_defaults.apply()
-    from jdet.checkpoint import CheckpointError
-    from jdet.inference import export
-
+    _xla_defaults.apply()  # before anything starts a JAX backend
     start = time.perf_counter()
     try:
         manifest = export.export_run(

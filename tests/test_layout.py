@@ -23,10 +23,15 @@ LAYERS = [
     (2, ("jdet.inference",)),
     (3, ("jdet.evaluation",)),
     (4, ("jdet.training", "jdet.config")),
-    (5, ("jdet.train", "jdet.predict", "jdet.evaluate", "jdet.baselines")),
+    (5, ("jdet.train", "jdet.predict", "jdet.evaluate", "jdet.export", "jdet.baselines")),
 ]  # fmt: skip
 # Function-level imports of jdet's own modules that a heavy dependency justifies.
-LAZY_ALLOWED = {("jdet.data.prepare", "jdet.data.tfds_builder")}  # tensorflow_datasets
+LAZY_ALLOWED = {
+    ("jdet.data.prepare", "jdet.data.tfds_builder"),  # tensorflow_datasets
+    # the backend the flags choose: JAX, or onnxruntime without JAX (a board's install)
+    ("jdet.predict", "jdet.inference.predictor"),
+    ("jdet.predict", "jdet.inference.onnx_predictor"),
+}
 
 
 def _layer(module: str) -> int:
@@ -170,6 +175,11 @@ PUBLIC = {
     "jdet.models.convert": ["yolo_from_torch", "dinov2_from_safetensors",
                             "dinov3_from_safetensors"],
     "jdet.inference.predictor": ["Predictor", "PredictOptions", "predict_folder", "load_samples"],
+    "jdet.inference.pipeline": ["BasePredictor", "PredictOptions", "predict_folder",
+                                "load_samples"],
+    "jdet.inference.onnx_predictor": ["OnnxPredictor"],
+    "jdet.inference.host_nms": ["nms", "batched_nms"],
+    "jdet.inference.export": ["export_run", "export_refdet", "refdet_functions"],
     "jdet.evaluation.st_iou": ["st_iou", "st_iou_video"],
     "jdet.evaluation.coco": ["coco_map"],
     "jdet.training.loop": ["train_and_evaluate", "TrainResult"],
@@ -178,6 +188,7 @@ PUBLIC = {
     "jdet.train": ["main"],
     "jdet.predict": ["main"],
     "jdet.evaluate": ["main"],
+    "jdet.export": ["main"],
     "jdet.data.synthetic": ["main"],
     "jdet.data.zalo": ["main"],
 }  # fmt: skip
@@ -206,6 +217,11 @@ def test_predict_command_does_not_import_training():
         "print(sorted(m for m in sys.modules if m.startswith(('jdet.training', 'jdet.config'))))"
     )
     assert out == "[]"
+
+
+def test_predict_command_imports_jax_only_for_the_jax_backend():
+    out = _fresh("import sys, jdet.predict; print('jax' in sys.modules, 'flax' in sys.modules)")
+    assert out == "False False"
 
 
 def test_import_jdet_has_no_side_effects():

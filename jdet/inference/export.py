@@ -46,8 +46,8 @@ import numpy as np
 
 import jdet
 from jdet.checkpoint import load_run
-from jdet.config import predict_options
 from jdet.inference.onnx_predictor import MANIFEST
+from jdet.inference.pipeline import PredictOptions
 from jdet.models import build_model
 from jdet.models.refdet import SCALES, RefDet
 from jdet.postprocess import decode_boxes
@@ -289,16 +289,15 @@ def export_run(
     inference settings (NMS, appearance re-scoring, temporal decisions) in the manifest."""
     config, variables, description = load_run(checkpoint)
     model = build_model(config, support_groups=0)
-    options = predict_options(config)
     temporal = config.eval.get("temporal")
     extra = {
         "source": {"checkpoint": str(pathlib.Path(checkpoint).absolute()), "run": description},
         "appearance": float(config.eval.get("appearance", 0.0)),
         "temporal": None if temporal is None else temporal.to_dict(),
         "nms": {
-            "iou_threshold": options.iou_threshold,
-            "conf_threshold": options.nms_conf_threshold,
-            "max_det": options.max_det,
+            "iou_threshold": float(config.eval.iou_threshold),
+            "conf_threshold": PredictOptions.nms_conf_threshold,
+            "max_det": int(config.eval.max_det),
             "pre_nms_topk": 1000,
         },
     }

@@ -22,10 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdet.checkpoint import load_run
-from jdet.inference.pipeline import BasePredictor, PredictOptions
+from jdet.inference.pipeline import BasePredictor, PredictOptions, load_samples, predict_folder
 from jdet.models import build_model
 from jdet.models.refdet import RefDet
 from jdet.postprocess import postprocess
+
+# The public names of inference from JAX code (the pipeline's live in jdet.inference.pipeline).
+__all__ = ["Predictor", "PredictOptions", "load_samples", "predict_folder"]
 
 
 class Predictor(BasePredictor):
