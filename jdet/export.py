@@ -55,8 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {name:14s} {args.out / file} ({size:.1f} MiB)")
     for tag, p in manifest["parity"].items():
         print(
-            f"  parity {tag}: boxes max |Δ| {p['boxes_max_abs_px']:.2e} px, scores "
-            f"{p['scores_max_abs']:.2e}, prototypes {p['prototypes_max_abs']:.2e}"
+            f"  parity {tag} (random frames): max |Δ| boxes {p['boxes_max_abs_px']:.1e} px over "
+            f"all anchors, {p['kept_boxes_max_abs_px']:.1e} px after NMS (same boxes kept: "
+            f"{p['kept_same_count']}), scores {p['scores_max_abs']:.1e}, prototypes "
+            f"{p['prototypes_max_abs']:.1e}"
         )
     print(f"wrote {args.out / export.MANIFEST} in {time.perf_counter() - start:.0f} s")
     return 0

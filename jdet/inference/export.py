@@ -46,6 +46,7 @@ import numpy as np
 
 import jdet
 from jdet.checkpoint import load_run
+from jdet.inference import host_nms
 from jdet.inference.onnx_predictor import MANIFEST
 from jdet.inference.pipeline import PredictOptions
 from jdet.models import build_model
@@ -166,7 +167,8 @@ def export_refdet(
     """Write the files of the module docstring to `out` (created; must be empty or new) and
     return the manifest. The exported files are checked against the JAX functions on
     `check_frames` random frames and three random references; the largest differences go in
-    the manifest's ``parity``."""
+    the manifest's ``parity``: over every anchor (``boxes_max_abs_px``, ``scores_max_abs``) and
+    over the boxes that survive NMS (``kept_*``), which are what a user gets."""
     if query_size % 32 or query_size < 32:
         raise ExportError(f"--query-size must be a positive multiple of 32, got {query_size}")
     out = pathlib.Path(out)
@@ -208,6 +210,8 @@ def export_refdet(
     query = np.random.default_rng(1).uniform(0, 1, (check_frames, q, q, 3)).astype(np.float32)
     want_boxes, want_scores = (np.asarray(x) for x in jax.jit(detect)(query, *protos))
     parity = {}
+    nms = dict(iou_threshold=0.45, conf_threshold=0.001, max_det=100)
+    want_kept = host_nms.batched_nms(want_boxes, want_scores, **nms)
     for tag in ("", "_fp16") if fp16 else ("",):
         got_protos, got_boxes, got_scores = run_onnx(out, support, query, tag)
         parity[tag.strip("_") or "fp32"] = {
@@ -216,6 +220,7 @@ def export_refdet(
             ),
             "boxes_max_abs_px": float(np.abs(got_boxes - want_boxes).max()),
             "scores_max_abs": float(np.abs(got_scores - want_scores).max()),
+            **_kept_parity(host_nms.batched_nms(got_boxes, got_scores, **nms), want_kept),
         }
     manifest = {
         "format": "jdet-export",
@@ -259,6 +264,17 @@ def export_refdet(
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _kept_parity(got, want) -> dict[str, Any]:
+    """The detections after NMS (what reaches a user): whether both keep the same number per
+    frame, and the largest box difference among the rows both keep."""
+    (gb, _, gv), (wb, _, wv) = got, want
+    both = gv & wv
+    return {
+        "kept_same_count": bool((gv.sum(-1) == wv.sum(-1)).all()),
+        "kept_boxes_max_abs_px": float(np.abs(gb - wb)[both].max()) if both.any() else 0.0,
+    }
 
 
 def run_onnx(
