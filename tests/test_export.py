@@ -185,12 +185,14 @@ def test_predict_onnx_backend_writes_the_jax_submission(run, exported, samples, 
 
 
 def test_onnx_backend_runs_without_jax(exported, samples, tmp_path):
+    """The board's path (here with the float16 files) never imports jax or flax."""
     out, _ = exported
     code = (
         "import sys\n"
         "from jdet import predict\n"
         f"rc = predict.main(['--backend', 'onnx', '--model', {str(out)!r}, '--samples', "
-        f"{str(samples)!r}, '--out', {str(tmp_path / 's.json')!r}, '--max-frames', '3'])\n"
+        f"{str(samples)!r}, '--out', {str(tmp_path / 's.json')!r}, '--max-frames', '3', "
+        "'--fp16'])\n"
         "assert not [m for m in sys.modules if m == 'jax' or m.startswith(('jax.', 'flax'))]\n"
         "sys.exit(rc)\n"
     )
@@ -199,8 +201,10 @@ def test_onnx_backend_runs_without_jax(exported, samples, tmp_path):
     assert (tmp_path / "s.json").exists()
 
 
-def test_onnx_backend_names_a_bad_model_folder(tmp_path, samples, capsys):
+def test_onnx_backend_names_a_bad_model_folder(exported, tmp_path, samples, capsys):
     from jdet import predict
+
+    out, _ = exported
 
     base = ["--backend", "onnx", "--samples", str(samples), "--out", str(tmp_path / "s.json")]
     assert predict.main([*base, "--model", str(tmp_path / "nothing")]) == 2
@@ -208,6 +212,9 @@ def test_onnx_backend_names_a_bad_model_folder(tmp_path, samples, capsys):
     (tmp_path / "empty").mkdir()
     assert predict.main([*base, "--model", str(tmp_path / "empty")]) == 2
     assert "no jdet_export.json" in capsys.readouterr().err
+    (tmp_path / "empty" / "jdet_export.json").write_text((out / "jdet_export.json").read_text())
+    assert predict.main([*base, "--model", str(tmp_path / "empty")]) == 2
+    assert "encoder.onnx: missing" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         predict.main(base)  # no --model
     assert "--model" in capsys.readouterr().err
