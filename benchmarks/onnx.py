@@ -179,7 +179,8 @@ def bench_onnx(args: argparse.Namespace) -> None:
         f"{r['model']}: query {q}², references {r['support']}²; jax {jax.__version__}, "
         f"onnxruntime {ort.__version__}; export {r['export_s']:.0f} s; parity "
         + ", ".join(
-            f"{k}: boxes {v['boxes_max_abs_px']:.1e} px, scores {v['scores_max_abs']:.1e}"
+            f"{k}: boxes {v['boxes_max_abs_px']:.1e} px (after NMS "
+            f"{v['kept_boxes_max_abs_px']:.1e}), scores {v['scores_max_abs']:.1e}"
             for k, v in r["parity"].items()
         )
     )
