@@ -136,6 +136,14 @@ def test_bad_checkpoint_and_sizes_are_named(run, tmp_path):
     workdir, *_ = run
     with pytest.raises(checkpoint.CheckpointError, match="nowhere"):
         export.export_run(tmp_path / "nowhere", tmp_path / "out")
+    # weights of another model: a run whose config names a larger YOLOv8 than its weights
+    other = tmp_path / "other"
+    variables = jax.device_get(run[3])
+    meta = json.loads((workdir / checkpoint.BEST / checkpoint.META).read_text())
+    meta["config"]["model"]["yolo_scale"] = "n"
+    checkpoint.save_best(other / checkpoint.BEST, variables, meta)
+    with pytest.raises(export.ExportError, match=r"other.*do not match the model"):
+        export.export_run(other, tmp_path / "out")
     with pytest.raises(export.ExportError, match="--query-size"):
         export.export_run(workdir, tmp_path / "out", query_size=100)
     (tmp_path / "full").mkdir()

@@ -293,6 +293,29 @@ def run_onnx(
     return protos, boxes, scores
 
 
+def _check_weights(model: RefDet, variables: dict[str, Any], config, checkpoint) -> None:
+    """ExportError naming the checkpoint when its weights do not fit the model its config
+    describes (a missing, extra or differently shaped parameter)."""
+    q, s = config.data.query_size, config.data.support_size
+    example = {
+        "query": jax.ShapeDtypeStruct((1, q, q, 3), jnp.float32),
+        "support": jax.ShapeDtypeStruct((1, 1, 3, s, s, 3), jnp.float32),
+    }
+    want = jax.eval_shape(lambda ex: model.init(jax.random.PRNGKey(0), ex), example)["params"]
+    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(want)}
+    got = {
+        jax.tree_util.keystr(k): np.shape(v)
+        for k, v in jax.tree_util.tree_leaves_with_path(variables["params"])
+    }
+    for key in sorted(want.keys() | got.keys()):
+        if want.get(key) != got.get(key):
+            raise ExportError(
+                f"{checkpoint}: its weights do not match the model of its config: params{key} "
+                f"is {got.get(key, 'missing')} in the checkpoint, the model wants "
+                f"{want.get(key, 'nothing')}"
+            )
+
+
 def export_run(
     checkpoint: str | pathlib.Path,
     out: str | pathlib.Path,
@@ -305,6 +328,7 @@ def export_run(
     inference settings (NMS, appearance re-scoring, temporal decisions) in the manifest."""
     config, variables, description = load_run(checkpoint)
     model = build_model(config, support_groups=0)
+    _check_weights(model, variables, config, checkpoint)
     temporal = config.eval.get("temporal")
     extra = {
         "source": {"checkpoint": str(pathlib.Path(checkpoint).absolute()), "run": description},
