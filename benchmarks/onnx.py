@@ -52,7 +52,6 @@ def _model(args):
 
     from jdet.checkpoint import load_run
     from jdet.models import build_model
-    from tests.helpers import refdet_batch
 
     if args.checkpoint:
         config, variables, desc = load_run(args.checkpoint)
@@ -60,7 +59,10 @@ def _model(args):
         config = _recipe(args.config)
         q, s = config.data.query_size, config.data.support_size
         model = build_model(config, support_groups=0)
-        batch = refdet_batch(b=1, n=1, hw=(q, q), s=s)
+        batch = {
+            "query": np.zeros((1, q, q, 3), np.float32),
+            "support": np.zeros((1, 1, 3, s, s, 3), np.float32),
+        }
         variables = jax.device_get(jax.jit(model.init)(jax.random.PRNGKey(0), batch))
         desc = f"{args.config} (random weights)"
     return config, build_model(config, support_groups=0), variables, desc
