@@ -31,8 +31,10 @@ previous recipe (1,000 steps, references at 64²) reached mAP50 0.301 and ST-IoU
 Fold folds/1 (Chair and Coins held out, `--holdout Chair,Coins`), same recipe and decisions
 (chosen on fold 0), 2026-12-02, same machine, 51 min beside other jobs: frame mAP50 0.077,
 ST-IoU 0.1428 offline, 0.1450 causal with --min-length 1 (0.0870 for the detector's scores
-per frame at their best threshold); Coins scores ~0. Mean over the two folds: 0.22. Folds of
-Clock, Flag and Patch were not trained. docs/inference.md §3 and §6–§8 have the tables.
+per frame at their best threshold); Coins scores ~0. Fold folds/2 (Clock and Patch held
+out), same recipe and decisions, 2026-12-02, same machine, 72 min beside other jobs: frame
+mAP50 0.220, ST-IoU 0.2648 offline, 0.2655 causal (0.1917 for the detector's scores per
+frame); Patch 0.53, Clock 0.02. docs/inference.md §3 and §6–§9 have the tables.
 """
 
 import pathlib
