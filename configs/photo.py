@@ -34,7 +34,9 @@ ST-IoU 0.1428 offline, 0.1450 causal with --min-length 1 (0.0870 for the detecto
 per frame at their best threshold); Coins scores ~0. Fold folds/2 (Clock and Patch held
 out), same recipe and decisions, 2026-12-02, same machine, 72 min beside other jobs: frame
 mAP50 0.220, ST-IoU 0.2648 offline, 0.2655 causal (0.1917 for the detector's scores per
-frame); Patch 0.53, Clock 0.02. docs/inference.md §3 and §6–§9 have the tables.
+frame); Patch 0.53, Clock 0.02. Fold folds/3 (Flag held out), the same: frame mAP50
+0.177, ST-IoU 0.1853 offline, 0.1935 causal. Mean over the four folds (every object held
+out once): 0.223. docs/inference.md §3 and §6–§9 have the tables.
 """
 
 import pathlib
