@@ -8,6 +8,7 @@ is not installed with jdet):
     python -m benchmarks models [--batch 8] [--image 320] [--no-torch]    jdet vs torch models
     python -m benchmarks step [--batch 8] [--image 320]       the full RefDet train step
     python -m benchmarks train [--rows yolo,refdet,torch] [--no-torch]    train-step throughput
+    python -m benchmarks peer --zalo-src DIR [--sizes 320,640,small]   RefDet vs the original
     python -m benchmarks infer [--frames 48] [--sizes 320,640]   inference frames/s
     python -m benchmarks stream [--seconds 300]                  memory on a long 1080p video
     python -m benchmarks onnx [--config configs/photo.py]       ONNX on onnxruntime vs JAX
@@ -23,5 +24,6 @@ skipped without it.
 Shared pieces: `benchmarks.timing` (the one timer), `benchmarks.steps` (the one train-step
 builder), `benchmarks.peak.measure_kernels` (the one peak-FLOP meter), `benchmarks.flops` (XLA
 cost analysis), `benchmarks.proc` (one measurement in a fresh process),
-`benchmarks.torch_side` (the PyTorch peers) and `benchmarks.probe` (the synthetic loss head).
+`benchmarks.torch_side` (the PyTorch peers), `benchmarks.refdet_peer` (the original RefDet's
+step, run from its own source) and `benchmarks.probe` (the synthetic loss head).
 """

@@ -15,6 +15,7 @@ from benchmarks import (
     models,
     onnx,
     peak,
+    peer,
     proc,
     profiling,
     stream,
@@ -42,6 +43,11 @@ COMMANDS = {
         train.add_arguments,
         train.bench_train,
     ),
+    "peer": (
+        "the RefDet train step against the original PyTorch RefDet",
+        peer.add_arguments,
+        peer.bench_peer,
+    ),
     "infer": ("inference frames/s on a 640×360 video", infer.add_arguments, infer.bench_infer),
     "onnx": (
         "the exported ONNX detector on onnxruntime against JAX",
@@ -65,6 +71,7 @@ COMMANDS = {
 # what a child process (`benchmarks.proc.run_in_child`) can measure
 MEASURES = {kind: measure for kind, (_, measure) in suite.CHILDREN.items()}
 MEASURES["train"] = train.measure_row
+MEASURES["peer"] = peer.measure_row
 
 
 def main(argv: list[str] | None = None) -> int:

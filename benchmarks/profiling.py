@@ -1,7 +1,8 @@
 """Where the jdet YOLOv8n train step's time goes on this machine (CPU), and the machine's peak.
 
     python -m benchmarks profile parts [--repeats 7]   # timed pieces of the step, interleaved
-    python -m benchmarks profile trace [--top 40]      # jax.profiler trace, ms per op category
+    python -m benchmarks profile trace [--top 40] [--model refdet | --config FILE[:ARG]]
+        # jax.profiler trace: ms per op category, per model part (forward/backward) and layer
     python -m benchmarks profile peak                  # GFLOP/s of a 2048³ matmul, a 3×3 conv
     python -m benchmarks profile flops                 # XLA cost_analysis of forward / step
     python -m benchmarks profile ab [--repeats 10]     # plain vs fast layers, interleaved
@@ -51,7 +52,7 @@ import numpy as np
 from benchmarks import flops as xla
 from benchmarks.peak import measure_kernels
 from benchmarks.proc import ROOT
-from benchmarks.steps import YOLO_GAINS, TrainStep, build_train_step
+from benchmarks.steps import YOLO_GAINS, TrainStep, build_config_step, build_train_step
 from benchmarks.timing import time_call, time_calls
 
 SERVE = "_serve"  # the hidden `python -m benchmarks` command of a step server process
@@ -73,7 +74,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--model",
         default="yolo",
         choices=["yolo", "refdet"],
-        help="flags: the step to time (refdet: the `step` benchmark's RefDet step)",
+        help="trace, flags: the step (refdet: the `step` benchmark's RefDet step)",
+    )
+    p.add_argument(
+        "--config",
+        default="",
+        help="trace: the train step of a training config instead, FILE[:ARG] "
+        "(e.g. configs/quickstart.py, configs/refdet_n.py:stage=2)",
     )
 
 
@@ -209,6 +216,18 @@ def _hlo_index(hlo_text: str) -> dict:
     return {k: (op, shape, opn, bodies.get(c, {})) for k, (op, shape, opn, c) in info.items()}
 
 
+# RefDet's submodules (jdet.models.refdet) → the part of the model they belong to
+REFDET_MODULES = {
+    "support_encoder": "support encoder (ViT)",
+    "projections": "prototype + triplet projections",
+    "triplet_projection": "prototype + triplet projections",
+    "backbone": "query backbone (YOLOv8)",
+    "fusion": "fusion (PSALM)",
+    "head": "dual head + contrastive head",
+    "contrastive": "dual head + contrastive head",
+}
+
+
 def _classify(name: str, op: str, opn: str, inner) -> tuple[str, str]:
     """(kind, phase) of one executed HLO op."""
     import re
@@ -231,9 +250,13 @@ def _classify(name: str, op: str, opn: str, inner) -> tuple[str, str]:
         kind = "sort/top-k"
     else:
         kind = "elementwise (BN, SiLU, adds, loss)"
-    if "QueryDetector" in opn:
+    module = re.search(r"/(" + "|".join(REFDET_MODULES) + r")(?:/|$)", opn)
+    if module:  # a RefDet step: the module, forward or backward
+        part = REFDET_MODULES[module.group(1)]
+        phase = f"{part}, {'backward' if 'transpose(' in opn else 'forward'}"
+    elif "QueryDetector" in opn:
         phase = "network backward" if "transpose(" in opn else "network forward"
-    elif re.search(r"loss|assign|bbox|dfl|iou|top_k|anchor|take_along", opn):
+    elif re.search(r"loss|assign|bbox|dfl|iou|top_k|anchor|take_along|supcon|triplet|cpe", opn):
         phase = "loss + assigner"
     elif opn:
         phase = "optimizer/step"
@@ -249,7 +272,13 @@ def trace(args) -> None:
 
     import jax
 
-    case = _compiled("yolo", args.batch, args.image, args.impl)
+    if args.config:
+        file, _, arg = args.config.partition(":")
+        case = build_config_step(file, arg or None)
+        case.step = case.lower().compile()
+    else:
+        case = _compiled(args.model, args.batch, args.image, args.impl)
+    print(case.description)
     info = _hlo_index(case.step.as_text())
     jax.block_until_ready(case.run())
     with tempfile.TemporaryDirectory() as d:
@@ -279,7 +308,9 @@ def trace(args) -> None:
         kind, phase = _classify(name, op, opn, inner)
         kinds[kind] += ms
         phases[phase] += ms
-        lm = re.search(r"yolo/(model_\d+(?:/cv\d_\d)?)", opn)
+        lm = re.search(r"(?:yolo|backbone)/(model_\d+(?:/cv\d_\d)?)", opn) or re.search(
+            r"/((?:support_encoder|fusion|head)/[^/]+)", opn
+        )
         layers[(lm.group(1) if lm else "-", phase)] += ms
     print(
         f"impl {args.impl}: wall {wall * 1e3:.0f} ms/step under the profiler; XLA op time "

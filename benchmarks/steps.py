@@ -12,7 +12,11 @@
             `episodes` = RefDet's support_groups (episodes per batch sharing a support set,
             0: one per query).
 
-Both are `jdet.training.steps.train_step`, jitted with the state donated; the models' `impl`
+`build_config_step("configs/quickstart.py")`: the train step a training config describes, exactly
+as `jdet.train` builds it (`build_model`, `refdet_param_groups`, `make_optimizer`, the config's
+loss weights and loss settings), on a random batch of the config's shapes (one GT box per query).
+
+All are `jdet.training.steps.train_step`, jitted with the state donated; the models' `impl`
 field (`jdet.models.impl.LayerImpl`) comes from `conv` and `layers`. jax and jdet are imported
 when a step is built (this module is imported by processes that only run torch).
 """
@@ -52,6 +56,8 @@ class TrainStep:
     description: str
     first_metrics: dict | None = None  # of the first `run()`
     metrics: dict | None = None  # of the latest `run()`
+    loss_weights: dict | None = None  # what the step was built with (its loss)
+    loss_cfg: Any = None
 
     def lower(self):
         return self.step.lower(self.state, self.batch, self.rng)
@@ -86,6 +92,85 @@ def build_train_step(
     if model == "yolo":
         return _yolo(batch, image, boxes, impl)
     return _refdet(batch, image, episodes, impl)
+
+
+def build_config_step(
+    config_file: str,
+    arg: str | None = None,
+    *,
+    overrides: dict | None = None,
+    model_fields: dict | None = None,
+    seed: int = 0,
+) -> TrainStep:
+    """The train step of the training config in `config_file` (`get_config(arg)`, then
+    `overrides`: {"data.query_size": 640, …}), the way `jdet.training.loop` builds it, on a
+    random batch of its shapes: train.batch_size queries at data.query_size², data.n_way ×
+    data.k_shot references at data.support_size², one GT box per query labelled with its
+    way. `model_fields`: RefDet fields that are not config fields (e.g. train_projections)."""
+    import importlib.util
+    import pathlib
+
+    import jax
+    import jax.numpy as jnp
+
+    from jdet import config as cfg
+    from jdet.models import build_model
+    from jdet.models.refdet import refdet_param_groups
+    from jdet.training.optim import make_optimizer
+    from jdet.training.steps import create_train_state, train_step
+
+    path = pathlib.Path(config_file)
+    spec = importlib.util.spec_from_file_location(f"_bench_config_{path.stem}", path)
+    if spec is None or not path.is_file():
+        raise FileNotFoundError(f"no config file {config_file}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
+    for key, value in (overrides or {}).items():
+        section, _, name = key.rpartition(".")
+        target = config
+        for part in section.split(".") if section else ():
+            target = target[part]
+        if name not in target:
+            raise KeyError(f"{config_file} has no config field {key}")
+        target[name] = value
+    d, bsz = config.data, config.train.batch_size
+    n, k, s, q = d.n_way, d.k_shot, d.support_size, d.query_size
+    rng = np.random.default_rng(seed)
+    way = np.arange(bsz) // (bsz // n) % n if bsz >= n else np.zeros(bsz, int)
+    box = np.array([0.15, 0.2, 0.45, 0.6], np.float32) * q
+    batch = {
+        "query": jnp.asarray(rng.random((bsz, q, q, 3), np.float32)),
+        "support": jnp.asarray(rng.random((bsz, n, k, s, s, 3), np.float32)),
+        "support_mask": jnp.ones((bsz, n), bool),
+        "boxes": jnp.asarray(np.tile(box, (bsz, 1, 1))),
+        "labels": jnp.asarray(way[:, None].astype(np.int32)),
+        "box_mask": jnp.ones((bsz, 1), bool),
+        "class_ids": jnp.tile(jnp.arange(n, dtype=jnp.int32), (bsz, 1)),
+        "query_way": jnp.asarray(way.astype(np.int32)),
+    }
+    model = build_model(config).clone(**(model_fields or {}))
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))["params"]
+    groups = refdet_param_groups(params, config.model.frozen_blocks)
+    tx = make_optimizer(cfg.optim_config(config), params, groups)
+    state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), batch)
+    weights, loss_cfg = cfg.loss_weights(config), cfg.loss_config(config)
+    step = functools.partial(train_step, loss_weights=weights, loss_cfg=loss_cfg)
+    m = config.model
+    return TrainStep(
+        step=jax.jit(step, donate_argnums=0),
+        state=state,
+        batch=batch,
+        rng=jax.random.PRNGKey(1),
+        images=bsz,
+        description=(
+            f"{config_file}{':' + arg if arg else ''}: RefDet (YOLOv8 {m.yolo_scale} + "
+            f"{m.encoder}), {n}-way {k}-shot, {bsz} queries at {q}², references at {s}², "
+            f"support_groups={model.support_groups}, nc_base={m.nc_base}"
+        ),
+        loss_weights=weights,
+        loss_cfg=loss_cfg,
+    )
 
 
 def layer_impl(conv: str | None = None, layers: str = "fast"):
@@ -171,6 +256,7 @@ def _refdet(batch_size: int, image: int, episodes: int, impl) -> TrainStep:
     state = create_train_state(model, tx, jax.random.PRNGKey(0), batch)
     step = functools.partial(train_step, loss_weights=REFDET_WEIGHTS)
     return TrainStep(
+        loss_weights=REFDET_WEIGHTS,
         step=jax.jit(step, donate_argnums=0),
         state=state,
         batch=batch,

@@ -9,6 +9,7 @@ and `format_grad_report` prints the ✓/✗ table.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -210,12 +211,7 @@ def diagnose(
             return fn(*fn_args, params, *args, **kwargs)
         return compile_fn(fn, *fn_args, params, *args, **kwargs)(params, *args)
 
-    def with_stats(fn, p, *a, has_aux, method):
-        out = per_term_grads(fn, p, *a, has_aux=has_aux, method=method)
-        return out, grad_stats(out[1])  # in the same program: no second compile
-
-    fast = jax.jit(with_stats, static_argnums=0, static_argnames=("has_aux", "method"))
-    out, stats = run(fast, terms_fn, has_aux=has_aux, method=method)
+    out, stats = run(_with_stats, terms_fn, has_aux=has_aux, method=method)
     terms, grads = out[0], dict(out[1])
     names = sorted(grads)
     stats = jax.device_get(stats)
@@ -255,6 +251,15 @@ def diagnose(
     report = grad_report(terms, grads)
     report.update(attribution="isolated", isolated_terms=rederived)
     return report, grads
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("has_aux", "method"))
+def _with_stats(fn, p, *a, has_aux, method):
+    """`diagnose`'s first program: the per-term gradients and their statistics, in one
+    program (no second compile). One jitted function for every call, so that a repeated
+    check with the same terms_fn and argument types reuses its compilation."""
+    out = per_term_grads(fn, p, *a, has_aux=has_aux, method=method)
+    return out, grad_stats(out[1])
 
 
 def _only(terms_fn, keep, has_aux):

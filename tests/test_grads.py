@@ -132,3 +132,33 @@ def test_diagnose_on_detection_terms_all_finite():
     assert report["all_finite"] and report["attribution"] == "shared"
     assert set(report["terms"]) == set(STAGE2_WEIGHTS)
     assert all(t["grad_norm"] > 0 for t in report["terms"].values())
+
+
+def test_repeated_check_compiles_once():
+    """The trainer checks every `debug.grad_check_every` steps: the second check on arguments
+    of the same types reuses the first one's program (lower().compile() would redo it)."""
+    from jdet.training import diagnostics
+
+    compiled = []
+
+    def counting(jitted, *args, **kwargs):
+        compiled.append(jitted)
+        return jitted.lower(*args, **kwargs).compile()
+
+    fn = lambda p, x: {"a": jnp.sum(p["w"] * x), "b": jnp.sum(p["w"] ** 2)}  # noqa: E731
+    params = {"w": jnp.array([0.5, 1.0])}
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(diagnostics, "compile_synchronized", counting)
+    try:
+        first, _ = diagnose(fn, params, jnp.ones(2), compile_fn=diagnostics.compile_remembered)
+        again, grads = diagnose(
+            fn, {"w": jnp.array([2.0, 3.0])}, jnp.ones(2), compile_fn=diagnostics.compile_remembered
+        )
+        assert len(compiled) == 1  # same program, same argument types
+        np.testing.assert_allclose(grads["b"]["w"], [4.0, 6.0])  # the new params' gradient
+        wider = {"w": jnp.ones(3)}
+        diagnose(fn, wider, jnp.ones(3), compile_fn=diagnostics.compile_remembered)
+        assert len(compiled) == 2  # another shape: another program
+    finally:
+        monkey.undo()
+    assert first["all_finite"] and again["all_finite"]

@@ -32,6 +32,30 @@ from jdet.losses import LossConfig
 from jdet.training.steps import forward_terms
 
 _TERMS_FNS: dict[tuple[int, LossConfig], tuple[Any, Any]] = {}
+_COMPILED: dict[Any, Any] = {}  # compile_remembered's programs, newest last
+_COMPILED_KEEP = 4
+
+
+def _type_key(leaf: Any) -> Any:
+    if isinstance(leaf, jax.Array):
+        return (leaf.shape, leaf.dtype, leaf.sharding)
+    if isinstance(leaf, np.ndarray):
+        return (leaf.shape, leaf.dtype)
+    return leaf  # static arguments (functions, flags) stand for themselves
+
+
+def compile_remembered(jitted: Any, *args: Any, **kwargs: Any) -> Any:
+    """`compile_synchronized`, remembered per (program, argument types): the gradient check
+    runs every `debug.grad_check_every` steps, and `jitted.lower(...).compile()` would trace
+    and compile it again each time (minutes for the original's model), since it bypasses
+    jit's own cache. Keeps the last few programs."""
+    leaves, tree = jax.tree.flatten((args, kwargs))
+    key = (jitted, tree, tuple(_type_key(x) for x in leaves))
+    if key not in _COMPILED:
+        _COMPILED[key] = compile_synchronized(jitted, *args, **kwargs)
+        while len(_COMPILED) > _COMPILED_KEEP:
+            del _COMPILED[next(iter(_COMPILED))]
+    return _COMPILED[key]
 
 
 def make_terms_fn(apply_fn: Any, loss_cfg: LossConfig):
@@ -64,7 +88,7 @@ def diagnose_terms(state, batch, rng, loss_cfg: LossConfig) -> dict:
     terms_fn = make_terms_fn(state.apply_fn, loss_cfg)
     args = (batch, rng, state.batch_stats, state.wiou_state)
     report, _ = diagnose(
-        terms_fn, state.params, *args, method="scan", compile_fn=compile_synchronized
+        terms_fn, state.params, *args, method="scan", compile_fn=compile_remembered
     )
     report["method"] = "scan"
     return report

@@ -11,6 +11,7 @@ continues bit-identically.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -213,6 +214,15 @@ def train_and_evaluate(
     return dataclasses.replace(result, origin=origin, conv=conv)
 
 
+def _background(fn, *args, **kwargs) -> concurrent.futures.Future:
+    """`fn(*args, **kwargs)` on a thread of its own; its Future (the thread ends with it)."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jdet-compile")
+    try:
+        return pool.submit(fn, *args, **kwargs)
+    finally:
+        pool.shutdown(wait=False)
+
+
 def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl) -> TrainResult:
     data_sharding = jax.NamedSharding(repl.mesh, jax.sharding.PartitionSpec("data"))
     jitted_step = jax.jit(
@@ -248,12 +258,25 @@ def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl
         start_step=start,
         transform=nan_injector(dbg.inject_nan_steps),
     )
+    compiling = None  # the train step's compilation, when it runs beside the first grad check
     try:
         for step in range(start, t.total_steps):
             fed = next(feed)
             batch = fed.device
             every = dbg.grad_check_every
-            if every >= 0 and (step == 0 or (every and step % every == 0)):
+            check = every >= 0 and (step == 0 or (every and step % every == 0))
+            if check and step_fn is None and jax.process_count() == 1:
+                # XLA compiles a program on one thread: on a single process the train step
+                # compiles on a second one while the gradient check compiles and runs.
+                compiling = _background(
+                    distributed.compile_synchronized,
+                    jitted_step,
+                    state,
+                    batch,
+                    root_rng,
+                    name="train-step",
+                )
+            if check:
                 diagnostics.grad_check(
                     state,
                     batch,
@@ -264,8 +287,12 @@ def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl
                     write=main,
                 )
             if step_fn is None:  # compiled once, ahead of its first run (all processes)
-                step_fn = distributed.compile_synchronized(
-                    jitted_step, state, batch, root_rng, name="train-step"
+                step_fn = (
+                    compiling.result()
+                    if compiling is not None
+                    else distributed.compile_synchronized(
+                        jitted_step, state, batch, root_rng, name="train-step"
+                    )
                 )
             with recompiles:  # a compiled step cannot recompile: it would raise instead
                 state, metrics = step_fn(state, batch, root_rng)
