@@ -6,9 +6,15 @@ copy, ``--zalo-src DIR`` holding ``src/``); nothing of theirs is copied into jde
     mkdir -p /tmp/zalo && git --git-dir=/work/.mirror/it-dainb+zalo_ai_2025/repo archive 075f362 \\
         src | tar -x -C /tmp/zalo
 
-and run (from the jdet repository root, in the ``convert`` environment plus ``timm``)::
+and run (from the jdet repository root, in the ``convert`` environment plus ``pip install
+timm``, which the original's encoder needs)::
 
-    python -m benchmarks.refdet_peer --zalo-src /tmp/zalo --image 320 --repeats 3 [--small]
+    python -m benchmarks.refdet_peer --zalo-src /tmp/zalo --image 320 --repeats 3 [--small] \\
+        [--threads 2] [--parts forward,forward_backward,step,triplet_step] [--box X1,Y1,X2,Y2]
+
+It prints one JSON dict (times in ms, peak RSS in MiB). Python API: `original_step` (the built
+step: `forward`, `forward_backward`, `step`, `triplet_step`, `description`, `loss()`) and
+`measure`.
 
 What is built, and from which of the original's functions (paths at 075f362):
 
@@ -71,7 +77,23 @@ DINOv3 ViT of width 32, depth 2, 2 heads, patch 4 (jdet's "dinov3-tiny"), 1 froz
 prototype widths = the taps, fusion out 128/256/512/512, 128² queries and 64² references.
 ``YOLOv8nRefDet.__init__`` hardcodes the YOLOv8n widths, so this variant assembles the same
 four original modules with those widths (``YOLOv8nRefDet.forward`` and everything after it are
-unchanged).
+unchanged). Its ``triplet_step`` is unavailable: the original's triplet batches compare the
+pooled YOLO P5 feature with ``triplet_proj``'s hardcoded 256 outputs (YOLOv8n's P5 width).
+
+Cost of the original's loss (what dominates its step on CPU): every anchor whose centre lies
+inside the GT box, on all four scales, is a positive, and every positive is a CPE proposal.
+``src/losses/cpe_loss.py`` ``SimplifiedCPELoss`` loops over the P proposals in Python; each
+iteration indexes a row of the P × P similarity matrix, whose backward materialises a full
+P × P gradient, so the backward is O(P³) (time) with P × P temporaries; ``roi_align``'s
+backward on the fused P4 map (512 channels, all proposals on image 0) is O(P). With the
+default box P = 960 (small), 6,008 (320²) and 23,536 (640²): a 320² step took 21–24 minutes
+on one (shared) core, two thirds of it system time (glibc serves each 144 MB gradient with a
+fresh mmap), and a 640² step would take many hours (2.2 GB per temporary); time 640² with
+``--parts forward`` or with a smaller ``--box``.
+
+Threads: on a machine shared with other busy processes, torch's OpenMP pool with more threads
+than free cores slows every op by scheduler time slices (seen: 2 threads 70× slower than 1);
+compare rows measured under the same load.
 
 This module imports neither jax nor jdet; ``benchmarks.timing`` is plain Python.
 """
@@ -307,14 +329,20 @@ def _tap_channels(backbone: Any) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _detection_batch(image: int, support: int, n_way: int, k_shot: int, batch: int, gen) -> dict:
+def _detection_batch(
+    image: int, support: int, n_way: int, k_shot: int, batch: int, gen, box=None
+) -> dict:
     """One episode as RefDetCollator returns it (queries grouped by way, way ids 0..N-1)."""
     import torch
 
     if batch % n_way:
         raise ValueError(f"batch {batch} is not n_way ({n_way}) × queries per way")
     ways = torch.arange(n_way).repeat_interleave(batch // n_way)
-    box = torch.tensor([GT_BOX_320]) * (image / 320)
+    box = (
+        torch.tensor([GT_BOX_320]) * (image / 320)
+        if box is None
+        else torch.tensor([box], dtype=torch.float32)
+    )
     return {
         "query_images": torch.rand(batch, 3, image, image, generator=gen),
         "support_images": torch.rand(n_way, k_shot, 3, support, support, generator=gen),
@@ -360,6 +388,7 @@ def original_step(
     amp: bool = False,
     trainer_checks: bool = False,
     triplet_batch: int = 8,
+    box: tuple[float, float, float, float] | None = None,
 ) -> PeerStep:
     """The original's stage-2 detection step at batch × image² (see the module docstring).
 
@@ -367,6 +396,9 @@ def original_step(
     default to 128 and 64 unless given other values than the full-size defaults.
     amp: bfloat16 autocast around forward + loss (the trainer's --mixed_precision on CPU).
     trainer_checks: the trainer's per-parameter NaN/Inf and gradient-norm pass on every step.
+    box: the GT box of every query, xyxy pixels at `image` (default [40, 50, 120, 160] ·
+      image/320). Its area sets the original's loss cost: every anchor whose centre lies in it
+      (on all four scales) is a positive, and CPE costs O(positives³) (see `measure`).
     """
     import torch
 
@@ -397,7 +429,7 @@ def original_step(
     )
     trainer = types.SimpleNamespace(model=model, loss_fn=loss_fn, debug_mode=False)
     gen = torch.Generator().manual_seed(seed)
-    det = _detection_batch(image, support, n_way, k_shot, batch, gen)
+    det = _detection_batch(image, support, n_way, k_shot, batch, gen, box)
     trip = _triplet_batch(image, support, n_way, triplet_batch, gen)
 
     def autocast():
@@ -502,6 +534,9 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1e3, 1)
 
 
+PARTS = ("forward", "forward_backward", "step", "triplet_step")
+
+
 def measure(
     zalo_src: str,
     image: int = 320,
@@ -509,43 +544,51 @@ def measure(
     threads: int = 2,
     small: bool = False,
     *,
+    parts: tuple[str, ...] = ("forward", "forward_backward", "step"),
     amp: bool = False,
     trainer_checks: bool = False,
-    triplet: bool = False,
+    box: tuple[float, float, float, float] | None = None,
 ) -> dict:
-    """Build the step and time forward, forward_backward and step (and, with `triplet`, the
-    triplet step): each one warm-up call (`first_ms`) then the median of `repeats` calls."""
+    """Build the step and time each of `parts` (of `PARTS`): one warm-up call (`first_ms`),
+    then the median of `repeats` calls. Losses first → last are those of the "step" calls.
+
+    Cost warning: the original's loss is O(P³) in P = `assigned_anchors` (SimplifiedCPELoss
+    loops over the P proposals in Python and each iteration's backward materialises a P × P
+    gradient of the similarity matrix), and `roi_align`'s backward is O(P). With the default
+    box P is 960 (small), 6,008 (320²) and 23,536 (640²): a 320² step takes minutes on one
+    CPU core and a 640² step hours; time 640² with parts=("forward",) or a smaller box.
+    """
     import torch
 
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
     torch.set_num_threads(threads)
     peer = original_step(
-        zalo_src,
-        image=image,
-        small=small,
-        amp=amp,
-        trainer_checks=trainer_checks,
+        zalo_src, image=image, small=small, amp=amp, trainer_checks=trainer_checks, box=box
     )
     out: dict[str, Any] = {"description": peer.description}
-    fns = {"forward": peer.forward, "forward_backward": peer.forward_backward}
-    for name, fn in fns.items():
-        t = time_call(fn, repeats, sync=None)
-        out[name] = {"first_ms": _ms(t.first_s), "median_ms": _ms(t.median_s)}
-    losses = []
+    losses: list[float] = []
+    terms: dict = {}
 
     def step() -> float:
         losses.append(peer.step())
+        terms.update(peer.last_terms or {})
         return losses[-1]
 
-    t = time_call(step, repeats, sync=None)
-    out["step"] = {"first_ms": _ms(t.first_s), "median_ms": _ms(t.median_s)}
-    out["loss_first"], out["loss_last"] = losses[0], losses[-1]
-    out["loss_terms_last"] = {k: round(v, 4) for k, v in (peer.last_terms or {}).items()}
-    out["finite"] = all(math.isfinite(v) for v in losses)
-    if triplet and small:
-        out["triplet_step"] = "n/a: the original's triplet batches need YOLOv8n's 256-d P5"
-    elif triplet:
-        t = time_call(peer.triplet_step, repeats, sync=None)
-        out["triplet_step"] = {"first_ms": _ms(t.first_s), "median_ms": _ms(t.median_s)}
+    fns = {"forward": peer.forward, "forward_backward": peer.forward_backward, "step": step}
+    fns["triplet_step"] = peer.triplet_step
+    for name in parts:
+        if name == "triplet_step" and small:
+            out[name] = "n/a: the original's triplet batches need YOLOv8n's 256-d P5 feature"
+            continue
+        t = time_call(fns[name], repeats, sync=None)
+        out[name] = {"first_ms": _ms(t.first_s), "median_ms": _ms(t.median_s)}
+        print(f"{name}: {out[name]}", file=sys.stderr, flush=True)
+    if losses:
+        out["loss_first"], out["loss_last"] = losses[0], losses[-1]
+        out["loss_terms_last"] = {k: round(v, 4) for k, v in terms.items()}
+        out["finite"] = all(math.isfinite(v) for v in losses)
     out.update(
         image=peer.image,
         support=peer.support,
@@ -566,9 +609,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--small", action="store_true", help="jdet quickstart sizes")
+    p.add_argument(
+        "--parts",
+        default="forward,forward_backward,step",
+        help=f"comma-separated, of {','.join(PARTS)}",
+    )
+    p.add_argument("--box", help="GT box x1,y1,x2,y2 in pixels (default 40,50,120,160·I/320)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (trainer's AMP on CPU)")
     p.add_argument("--trainer-checks", action="store_true", help="per-parameter NaN checks")
-    p.add_argument("--triplet", action="store_true", help="also time a triplet-batch step")
     a = p.parse_args(argv)
     result = measure(
         a.zalo_src,
@@ -576,9 +624,10 @@ def main(argv: list[str] | None = None) -> None:
         a.repeats,
         a.threads,
         a.small,
+        parts=tuple(x for x in a.parts.split(",") if x),
         amp=a.amp,
         trainer_checks=a.trainer_checks,
-        triplet=a.triplet,
+        box=tuple(float(v) for v in a.box.split(",")) if a.box else None,
     )
     print(json.dumps(result, indent=1))
 

@@ -100,13 +100,15 @@ def build_config_step(
     *,
     overrides: dict | None = None,
     model_fields: dict | None = None,
+    box: tuple[float, float, float, float] | None = None,
     seed: int = 0,
 ) -> TrainStep:
     """The train step of the training config in `config_file` (`get_config(arg)`, then
     `overrides`: {"data.query_size": 640, …}), the way `jdet.training.loop` builds it, on a
     random batch of its shapes: train.batch_size queries at data.query_size², data.n_way ×
     data.k_shot references at data.support_size², one GT box per query labelled with its
-    way. `model_fields`: RefDet fields that are not config fields (e.g. train_projections)."""
+    way (`box`: its xyxy pixels). `model_fields`: RefDet fields that are not config fields
+    (e.g. train_projections)."""
     import importlib.util
     import pathlib
 
@@ -138,7 +140,7 @@ def build_config_step(
     n, k, s, q = d.n_way, d.k_shot, d.support_size, d.query_size
     rng = np.random.default_rng(seed)
     way = np.arange(bsz) // (bsz // n) % n if bsz >= n else np.zeros(bsz, int)
-    box = np.array([0.15, 0.2, 0.45, 0.6], np.float32) * q
+    box = np.array(box or np.array([0.15, 0.2, 0.45, 0.6]) * q, np.float32)
     batch = {
         "query": jnp.asarray(rng.random((bsz, q, q, 3), np.float32)),
         "support": jnp.asarray(rng.random((bsz, n, k, s, s, 3), np.float32)),
