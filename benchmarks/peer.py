@@ -24,7 +24,8 @@ Rows:
             the ViT — work the original's detection step does not do.
   matched   jdet with the original's detection-step work: the whole support encoder frozen
             (`model.frozen_blocks` = its depth) and `train_projections=False`, so no backward
-            pass runs through the references.
+            pass runs through the references, and no base head (`model.nc_base=0`, as the
+            original's train.py builds it; configs/refdet_n.py keeps an 80-class one).
 
 Columns (ms, median of --repeats after one warm-up call, whose time is "first"): forward (train
 mode, no gradient), forward + backward (value and gradient of the weighted loss, no optimiser),
@@ -58,7 +59,9 @@ def gt_box(image: int) -> tuple[float, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--zalo-src", default="", help="extracted original at 075f362 (src/)")
+    parser.add_argument(
+        "--zalo-src", default="", help="the folder holding src/ of the original at 075f362"
+    )
     parser.add_argument("--sizes", default="320,640,small", help="comma-separated: 320,640,small")
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " + ",".join(ROWS))
     parser.add_argument("--repeats", type=int, default=3)
@@ -76,6 +79,7 @@ def _jdet_case(size: str, row: str):
 
         encoder = {"320": "dinov3-S/16", "640": "dinov3-S/16", "small": "dinov3-tiny"}[size]
         overrides["model.frozen_blocks"] = resolve_variant(encoder).num_layers
+        overrides["model.nc_base"] = 0
         fields["train_projections"] = False
     image = image or 128
     return build_config_step(file, arg, overrides=overrides, model_fields=fields, box=gt_box(image))

@@ -8,8 +8,8 @@
     python -m benchmarks profile ab [--repeats 10]     # plain vs fast layers, interleaved
     python -m benchmarks profile vs [--repeats 10] [--torch-threads 1,2]
         # jdet's step vs ultralytics' (needs torch + ultralytics), alternating step by step
-    python -m benchmarks profile flags --flags "A;B" [--b fast] [--model refdet]
-        # XLA_FLAGS / environment variants, alternating
+    python -m benchmarks profile flags --flags "A;B" [--b fast] [--model refdet | --config F]
+        # XLA_FLAGS / environment variants, alternating (with each variant's compile time)
 
 The step is `benchmarks.steps.build_train_step("yolo")` (the `train` benchmark's YOLOv8n row:
 1 class, detection loss with ultralytics' gains, `jdet.training.steps.train_step` with
@@ -79,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         default="",
-        help="trace: the train step of a training config instead, FILE[:ARG] "
+        help="trace, flags: the train step of a training config instead, FILE[:ARG] "
         "(e.g. configs/quickstart.py, configs/refdet_n.py:stage=2)",
     )
 
@@ -90,10 +90,18 @@ def main(args) -> None:
 
 
 def _compiled(model: str, batch: int, image: int, layers: str = "fast") -> TrainStep:
-    """The train step (in a layer variant, see `build_train_step`), its jit replaced by the
-    compiled executable."""
-    case = build_train_step(model, batch=batch, image=image, layers=layers)
-    case.step = case.lower().compile()
+    """The train step (in a layer variant, see `build_train_step`; model "config:FILE[:ARG]":
+    a training config's step, `build_config_step`), its jit replaced by the compiled
+    executable; `case.compile_s` says how long compiling took."""
+    if model.startswith("config:"):
+        file, _, arg = model.removeprefix("config:").partition(":")
+        case = build_config_step(file, arg or None)
+    else:
+        case = build_train_step(model, batch=batch, image=image, layers=layers)
+    lowered = case.lower()
+    start = time.perf_counter()
+    case.step = lowered.compile()
+    case.compile_s = time.perf_counter() - start
     return case
 
 
@@ -272,12 +280,8 @@ def trace(args) -> None:
 
     import jax
 
-    if args.config:
-        file, _, arg = args.config.partition(":")
-        case = build_config_step(file, arg or None)
-        case.step = case.lower().compile()
-    else:
-        case = _compiled(args.model, args.batch, args.image, args.impl)
+    model = f"config:{args.config}" if args.config else args.model
+    case = _compiled(model, args.batch, args.image, args.impl)
     print(case.description)
     info = _hlo_index(case.step.as_text())
     jax.block_until_ready(case.run())
@@ -400,10 +404,11 @@ def _start_servers(commands: list[list[str]], envs: list[dict]) -> list[subproce
         for command, env in zip(commands, envs)
     ]
     for command, pr in zip(commands, procs):
-        while (line := pr.stdout.readline()) and line.strip() != "ready":  # skip library logs
+        while (line := pr.stdout.readline()) and not line.startswith("ready"):  # library logs
             pass
         if not line:
             raise SystemExit(f"step server {' '.join(command)} failed to start")
+        pr.ready = line.split()[1:]  # what the server says about itself (jdet: compile seconds)
     return procs
 
 
@@ -472,7 +477,8 @@ def flags(args) -> None:
         extra = dict(w.split("=", 1) for w in words if not w.startswith("--"))
         xla_flags = " ".join(w for w in words if w.startswith("--"))
         envs.append(dict(os.environ, XLA_FLAGS=xla_flags, **extra))
-    command = ["jdet", args.b, args.model, str(args.batch), str(args.image)]
+    model = f"config:{args.config}" if args.config else args.model
+    command = ["jdet", args.b, model, str(args.batch), str(args.image)]
     procs = _start_servers([command] * len(variants), envs)
     times = [[] for _ in procs]
     for _ in range(args.repeats):
@@ -482,10 +488,11 @@ def flags(args) -> None:
     _stop(procs)
     base = np.array(times[0])
     print(f"load average {os.getloadavg()}")
-    for fl, t in zip(variants, times):
+    for fl, t, pr in zip(variants, times, procs):
         t = np.array(t)
         print(
-            f"{fl or '(none)'}: median {np.median(t) * 1e3:.0f} ms, min {t.min() * 1e3:.0f} ms, "
+            f"{fl or '(none)'}: compile {float(pr.ready[0]):.1f} s, median "
+            f"{np.median(t) * 1e3:.0f} ms, min {t.min() * 1e3:.0f} ms, "
             f"speed-up vs first: {np.median(base / t):.3f} (per-round), "
             f"{base.min() / t.min():.3f} (minima)"
         )
@@ -506,6 +513,7 @@ def serve(argv: list[str]) -> None:
         case = _compiled(model, batch, image, variant)
         jax.block_until_ready(case.run())
         step, sync, loss = case.run, jax.block_until_ready, lambda m: float(m["loss"])
+        ready = f"ready {case.compile_s:.2f}"
     elif kind == "torch":
         import torch
 
@@ -514,10 +522,10 @@ def serve(argv: list[str]) -> None:
         torch.set_num_threads(int(rest[0]))
         step = ultralytics_step(int(rest[1]), int(rest[2]), 4)
         step()
-        sync, loss = None, float
+        sync, loss, ready = None, float, "ready"
     else:
         raise SystemExit(f"unknown step server {kind!r}")
-    print("ready", flush=True)
+    print(ready, flush=True)
     for _ in sys.stdin:
         timing = time_call(step, 1, warmup=False, sync=sync)
         print(f"{timing.times[0]} {loss(timing.last)}", flush=True)

@@ -56,6 +56,7 @@ class TrainStep:
     description: str
     first_metrics: dict | None = None  # of the first `run()`
     metrics: dict | None = None  # of the latest `run()`
+    compile_s: float | None = None  # when compiled ahead of time (`benchmarks.profiling`)
     loss_weights: dict | None = None  # what the step was built with (its loss)
     loss_cfg: Any = None
 

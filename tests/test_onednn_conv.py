@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jdet.models import fusion
+from jdet.models import fusion, onednn_conv
 from jdet.models.impl import LayerImpl
 from jdet.models.onednn_conv import OneDnnConv, conv2d, conv_backend
 from jdet.models.yolo import YOLOv8
@@ -140,6 +140,19 @@ def test_backend_choice(monkeypatch):
         conv_backend("mkl")
 
 
+def test_prepare_starts_the_build_only_where_oneDNN_may_run(monkeypatch):
+    started = []
+    monkeypatch.setattr(onednn, "start_build", lambda: started.append(1))
+    monkeypatch.delenv("JDET_CPU_CONV", raising=False)
+    onednn_conv.prepare("xla")
+    onednn_conv.prepare()  # "auto" on the test process's 8 CPU devices: XLA's convolutions
+    assert started == []
+    onednn_conv.prepare("onednn")
+    monkeypatch.setattr(jax, "device_count", lambda: 1)
+    onednn_conv.prepare()
+    assert started == [1, 1]
+
+
 def test_unavailable_messages(monkeypatch, tmp_path):
     monkeypatch.setattr(onednn, "_prefixes", lambda: [tmp_path])
     with pytest.raises(onednn.OneDnnUnavailable, match="pip install onednn-cpu-gomp"):
@@ -149,6 +162,7 @@ def test_unavailable_messages(monkeypatch, tmp_path):
     monkeypatch.undo()
     monkeypatch.setenv("JDET_NATIVE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", "no-such-compiler-jdet")
+    onednn.start_build().join()  # a background build fails quietly: the next call says why
     with pytest.raises(onednn.OneDnnUnavailable, match="no C\\+\\+ compiler 'no-such-compiler"):
         onednn.build()
 
@@ -156,13 +170,18 @@ def test_unavailable_messages(monkeypatch, tmp_path):
 @needs_onednn
 def test_build_is_cached_and_reports_version(tmp_path, monkeypatch):
     monkeypatch.setenv("JDET_NATIVE_CACHE", str(tmp_path))
+    thread = onednn.start_build()  # in the background; build() waits for it, never builds twice
     path = onednn.build()
+    thread.join()
     assert path.is_file() and path.parent.parent == tmp_path
+    assert [f.name for f in path.parent.iterdir()] == [path.name]  # one build, no leftovers
     assert onednn.build() == path  # cached: same key, no rebuild
     assert os.access(path, os.R_OK)
     assert onednn.version().startswith("3.")
     ok, line = onednn.status()
     assert ok and "oneDNN 3." in line
+    monkeypatch.setenv("JDET_ONEDNN_LIBRARY", str(path))
+    assert onednn.start_build() is None  # a prebuilt library: nothing to build
 
 
 def _norm_err(actual, expected) -> float:

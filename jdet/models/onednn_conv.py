@@ -49,8 +49,21 @@ def check_choice(choice: str | None) -> None:
         raise ValueError(f"conv backend must be one of {', '.join(CHOICES)}, got {choice!r}")
 
 
+def prepare(choice: str | None = None) -> None:
+    """Start building the oneDNN extension in the background when `choice` may use it on this
+    process's backend (`jdet.native.onednn.start_build`): a first run then compiles it while
+    it prepares its data. Starts JAX's backend (call it after `jax.distributed` is set up)."""
+    check_choice(choice)
+    choice = choice or _env_choice()
+    if choice == "xla" or jax.default_backend() != "cpu":
+        return
+    if choice == "auto" and jax.device_count() != 1:
+        return
+    onednn.start_build()
+
+
 def conv_backend(choice: str | None = None) -> str:
-    """"onednn" or "xla": what a 2-D float32 convolution traced now with `choice` runs as.
+    """ "onednn" or "xla": what a 2-D float32 convolution traced now with `choice` runs as.
 
     choice (a model's `LayerImpl.conv`; None = ``JDET_CPU_CONV``, default "auto"):
 
@@ -81,7 +94,7 @@ def conv_backend(choice: str | None = None) -> str:
 
 
 def _warn_once(error: Exception) -> None:
-    """"auto" fell back to XLA although oneDNN is installed (a failed build): say so once."""
+    """ "auto" fell back to XLA although oneDNN is installed (a failed build): say so once."""
     if _WARNED:
         return
     _WARNED.add("auto")
@@ -89,8 +102,11 @@ def _warn_once(error: Exception) -> None:
         onednn.find_onednn()
     except onednn.OneDnnUnavailable:
         return  # not installed (not Linux x86-64): XLA's convolutions are expected
-    print(f"jdet: oneDNN convolutions unavailable, using XLA's ({ENV}=xla silences this): "
-          f"{error}", file=sys.stderr, flush=True)
+    print(
+        f"jdet: oneDNN convolutions unavailable, using XLA's ({ENV}=xla silences this): {error}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def use_onednn(choice: str | None, *dtypes) -> bool:
@@ -120,9 +136,12 @@ def _xla_conv(x, w, strides, padding):
 def _attrs(strides, padding) -> dict:
     pt, pb, pl, pr = _pads(padding)
     return dict(
-        stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
-        pad_top=np.int64(pt), pad_bottom=np.int64(pb),
-        pad_left=np.int64(pl), pad_right=np.int64(pr),
+        stride_h=np.int64(strides[0]),
+        stride_w=np.int64(strides[1]),
+        pad_top=np.int64(pt),
+        pad_bottom=np.int64(pb),
+        pad_left=np.int64(pl),
+        pad_right=np.int64(pr),
     )
 
 

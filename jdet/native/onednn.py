@@ -91,10 +91,37 @@ def _build_key(lib: Path, inc: Path, ffi_inc: str, cxx: str) -> str:
     return h.hexdigest()[:16]
 
 
+_BUILD_LOCK = threading.Lock()  # one build at a time in a process (see start_build)
+
+
+def start_build() -> threading.Thread | None:
+    """Start `build()` on a background thread (the compiler runs as a subprocess, so a process
+    can prepare its data meanwhile); None when the library is prebuilt (``$JDET_ONEDNN_LIBRARY``).
+    A later `build()` or `load()` waits for it; a failure is not raised here but by that later
+    call, which tries again and says why."""
+    if os.environ.get("JDET_ONEDNN_LIBRARY"):
+        return None
+
+    def quiet_build():
+        try:
+            build()
+        except OneDnnUnavailable:
+            pass  # load() tries again and raises with the reason
+
+    thread = threading.Thread(target=quiet_build, name="jdet-onednn-build", daemon=True)
+    thread.start()
+    return thread
+
+
 def build(verbose: bool = False) -> Path:
     """Compile the extension (or find the cached build) and return the shared library's path.
 
     Says so on stderr when it compiles (with the command when verbose)."""
+    with _BUILD_LOCK:
+        return _build(verbose)
+
+
+def _build(verbose: bool) -> Path:
     import jax.ffi
 
     lib, inc = find_onednn()

@@ -28,7 +28,7 @@ from jdet.config import episode_config, loss_config, loss_weights, optim_config
 from jdet.data.episodes import EpisodeConfig
 from jdet.data.pipeline import make_iterator
 from jdet.data.prepare import eval_samples, prepare_data_once
-from jdet.models import build_model
+from jdet.models import build_model, onednn_conv
 from jdet.models.refdet import refdet_param_groups
 from jdet.training import diagnostics
 from jdet.training.diagnostics import (
@@ -175,6 +175,7 @@ def train_and_evaluate(
     ecfg = episode_config(config)
     _, repl, data_sharding = make_mesh(config.train.batch_size)
     local_ecfg = process_episode_config(ecfg)
+    onednn_conv.prepare(config.model.get("conv") or None)  # first run: built beside the data
     data_dir = prepare_data_once(config, workdir)
     iterator = make_iterator(
         data_dir,
