@@ -105,8 +105,8 @@ def start_build() -> threading.Thread | None:
     def quiet_build():
         try:
             build()
-        except OneDnnUnavailable:
-            pass  # load() tries again and raises with the reason
+        except Exception:  # noqa: BLE001 — load() builds again and raises with the reason
+            pass
 
     thread = threading.Thread(target=quiet_build, name="jdet-onednn-build", daemon=True)
     thread.start()
