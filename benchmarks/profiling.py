@@ -273,6 +273,23 @@ def _classify(name: str, op: str, opn: str, inner) -> tuple[str, str]:
     return kind, phase
 
 
+def _uncovered_ns(spans: list, ops: list) -> float:
+    """Nanoseconds of the intervals `spans` that no interval of `ops` covers (one thread's
+    events: intervals of each list do not overlap each other)."""
+    ops = sorted(ops)
+    total, i = 0.0, 0
+    for start, end in sorted(spans):
+        covered = 0.0
+        while i < len(ops) and ops[i][1] <= start:
+            i += 1
+        j = i
+        while j < len(ops) and ops[j][0] < end:
+            covered += min(ops[j][1], end) - max(ops[j][0], start)
+            j += 1
+        total += max(end - start - covered, 0.0)
+    return total
+
+
 def trace(args) -> None:
     import collections
     import re
@@ -291,22 +308,27 @@ def trace(args) -> None:
         jax.profiler.stop_trace()
         pd = jax.profiler.ProfileData.from_file(str(next(pathlib.Path(d).rglob("*.xplane.pb"))))
     dur: collections.Counter = collections.Counter()
-    untraced = 0.0  # thunks without their own trace event (XLA's Eigen convolutions and dots)
+    # A pool thread's "ThunkExecutor::Execute" event spans a run of thunks, the traced ops
+    # among them included: only the part of it that no op event covers is untraced work.
+    untraced, pool_threads = 0.0, 0
     for plane in pd.planes:
         for line in plane.lines:
-            if line.name.startswith("tf_XLA"):
-                for ev in line.events:
-                    if ev.name in info:
-                        dur[ev.name] += ev.duration_ns / 1e6 / args.repeats
-                    elif ev.name == "ThunkExecutor::Execute" and line.name.startswith(
-                        "tf_XLAEigen"
-                    ):
-                        untraced += ev.duration_ns / 1e6 / args.repeats
+            if not line.name.startswith("tf_XLA"):
+                continue
+            spans, ops = [], []
+            for ev in line.events:
+                if ev.name in info:
+                    dur[ev.name] += ev.duration_ns / 1e6 / args.repeats
+                    ops.append((ev.start_ns, ev.start_ns + ev.duration_ns))
+                elif ev.name == "ThunkExecutor::Execute" and line.name.startswith("tf_XLAEigen"):
+                    spans.append((ev.start_ns, ev.start_ns + ev.duration_ns))
+            pool_threads += bool(spans)
+            untraced += _uncovered_ns(spans, ops) / 1e6 / args.repeats
     total = sum(dur.values()) + untraced
     kinds, phases, layers = collections.Counter(), collections.Counter(), collections.Counter()
     if untraced:
-        kinds["Eigen convolutions/dots (untraced thunks)"] = untraced
-        phases["(untraced Eigen thunks)"] = untraced
+        kinds["untraced (inside the pool's thunk runs, outside any op event)"] = untraced
+        phases["(untraced)"] = untraced
     for name, ms in dur.items():
         op, _, opn, inner = info[name]
         kind, phase = _classify(name, op, opn, inner)
@@ -318,7 +340,8 @@ def trace(args) -> None:
         layers[(lm.group(1) if lm else "-", phase)] += ms
     print(
         f"impl {args.impl}: wall {wall * 1e3:.0f} ms/step under the profiler; XLA op time "
-        f"{total:.0f} ms/step (ops of the 2-thread pool; independent ops may overlap); "
+        f"{total:.0f} ms/step over {pool_threads} pool threads, busy "
+        f"{100 * total / max(pool_threads * wall * 1e3, 1e-9):.0f}% of their wall time; "
         f"load average {os.getloadavg()}"
     )
     for title, table in (("op kind", kinds), ("phase", phases)):

@@ -3,19 +3,23 @@
 The original trained with six loss terms and found its NaN gradients by back-propagating each
 term alone on batch 0 (docs/original.md §4). Here `per_term_grads` takes one `jax.vjp` of the
 vector of terms and `vmap`s the pull-back over the K one-hot cotangents: all K gradients in
-one call, usable on any step. `grad_stats` reduces them to per-term health figures on device
-and `format_grad_report` prints the ✓/✗ table.
+one call, usable on any step. `per_term_grads_by_weights` gets them instead from a program
+the caller already has, one that takes the loss weights as arguments (the trainer's). `grad_stats`
+(on device) and `host_grad_stats` (NumPy) reduce them to per-term health figures,
+`format_grad_report` prints the ✓/✗ table, and `diagnose` does it all, blaming a NaN on the
+term that made it.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PyTree = Any
 
@@ -125,12 +129,41 @@ def grad_stats(grads: Mapping[str, PyTree]) -> dict[str, jax.Array]:
     return dict(finite=finite, norm=norm, max_abs=max_abs, cosine=cosine)
 
 
+def host_grad_stats(grads: Mapping[str, PyTree]) -> dict[str, np.ndarray]:
+    """`grad_stats` computed on the host with NumPy, leaf by leaf: the same figures, with no
+    program to compile (the jitted version's per-leaf ops took XLA:CPU 17 s to compile for the
+    quickstart's model). One device-to-host copy of each term's gradient."""
+    names = sorted(grads)
+    host = [jax.tree.leaves(jax.device_get(grads[k])) for k in names]
+    k = len(names)
+    finite = np.ones((k,), bool)
+    gram = np.zeros((k, k), np.float64)
+    max_abs = np.zeros((k,), np.float32)
+    for leaf in zip(*host):
+        x = np.stack([np.asarray(g, np.float32).reshape(-1) for g in leaf])  # [K, n]
+        ok = np.isfinite(x)
+        finite &= ok.all(-1)
+        x = np.where(ok, x, np.float32(0.0))
+        gram += (x @ x.T).astype(np.float64)
+        if x.size:
+            max_abs = np.maximum(max_abs, np.abs(x).max(-1))
+    norm = np.sqrt(np.maximum(np.diag(gram), 0.0))
+    denom = norm[:, None] * norm[None, :]
+    cosine = np.where(denom > 0, gram / np.where(denom > 0, denom, 1.0), 0.0)
+    return dict(
+        finite=finite,
+        norm=norm.astype(np.float32),
+        max_abs=max_abs,
+        cosine=cosine.astype(np.float32),
+    )
+
+
 def grad_report(
     terms: Mapping[str, jax.Array], grads: Mapping[str, PyTree], stats: Mapping | None = None
 ) -> dict[str, Any]:
     """Host-side JSON-able report: per term value, finite, norm, max |g|, cosines."""
     names = sorted(grads)
-    stats = jax.device_get(jax.jit(grad_stats)(grads) if stats is None else stats)
+    stats = host_grad_stats(grads) if stats is None else jax.device_get(stats)
     values = jax.device_get({k: terms[k] for k in names})
     report: dict[str, Any] = {"terms": {}, "all_finite": True}
     for i, name in enumerate(names):
@@ -178,6 +211,32 @@ def format_grad_report(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def per_term_grads_by_weights(
+    weighted_grads: Callable[[dict[str, jax.Array]], tuple[Any, PyTree]],
+    names: Sequence[str],
+) -> tuple[dict[str, jax.Array], dict[str, PyTree]]:
+    """Per-term gradients from a function of the loss weights, one call per term.
+
+    ``weighted_grads(weights) -> (terms, grads)``: the gradient of Σ weights[k]·terms[k] for
+    weights given as f32 scalars (so that one compiled program serves every call, e.g. the
+    trainer's `jdet.training.steps.loss_gradients`). It is called with one-hot weights for
+    each name in `names`: K forward and backward passes, and no program of its own.
+    Returns (terms, grads) like `per_term_grads`; terms are those of the first call.
+    """
+    names = sorted(names)
+    if not names:
+        raise ValueError("per_term_grads_by_weights: no loss terms named")
+    terms, grads = None, {}
+    for name in names:
+        weights = {k: np.float32(1.0 if k == name else 0.0) for k in names}
+        values, grads[name] = weighted_grads(weights)
+        terms = values if terms is None else terms
+    missing = sorted(set(names) - set(terms))
+    if missing:
+        raise ValueError(f"per_term_grads_by_weights: weighted_grads gave no term(s) {missing}")
+    return {k: terms[k] for k in names}, grads
+
+
 def diagnose(
     terms_fn: Callable[..., Any],
     params: PyTree,
@@ -185,22 +244,32 @@ def diagnose(
     has_aux: bool = False,
     method: str = "vmap",
     compile_fn: Callable[..., Any] | None = None,
+    weighted_grads: Callable[[dict[str, jax.Array]], tuple[Any, PyTree]] | None = None,
+    term_names: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, PyTree]]:
     """Per-term gradient check with attribution: the trainer's step-0 diagnostic.
 
-    Runs `per_term_grads` under jit. With a shared backward pass (method "vmap" or "scan"),
-    a term whose gradient is not finite while its value is may have caught the NaN from
-    another term (0·inf): it is derived again, first in one shared pass without the terms
-    whose values are not finite (those keep the shared gradient: they are culprits either
-    way), then, if still not finite, on its own (jax.grad of that term only; all such terms in
-    one program). So a NaN produced by one term is not blamed on the others. method="separate"
-    gives every term its own backward pass in the first place, so it needs no second program.
+    The first pass derives every term's gradient:
+      - method "vmap", "scan" or "separate": `per_term_grads` of terms_fn, under jit;
+      - method "weights": `per_term_grads_by_weights(weighted_grads, term_names)`, which
+        reuses the caller's compiled gradient program (the trainer's), so a check in which
+        every gradient is finite compiles nothing.
+    The figures are computed on the host (`host_grad_stats`).
+
+    With a shared backward pass (every method but "separate": "weights" too, since a term
+    with weight 0 still sends 0·∂ back), a term whose gradient is not finite while its value
+    is may have caught the NaN from another term (0·inf): it is derived again, first in one
+    shared pass without the terms whose values are not finite (those keep the shared
+    gradient: they are culprits either way), then, if still not finite, on its own (jax.grad
+    of that term only; all such terms in one program). So a NaN produced by one term is not
+    blamed on the others. method="separate" gives every term its own backward pass in the
+    first place, so it needs no second program. The second passes differentiate terms_fn
+    (method "scan" for "weights"), and are compiled only when they are needed.
 
     Returns:
-      (report, grads): the `grad_report` dict, with ``attribution`` = "shared" (vmap/scan,
-      all finite), "isolated" (vmap/scan, some gradient not finite) or "separate", and
-      ``isolated_terms`` (the terms derived again apart from the others), and the per-term
-      gradients.
+      (report, grads): the `grad_report` dict, with ``attribution`` = "shared" (all finite),
+      "isolated" (some gradient not finite) or "separate", and ``isolated_terms`` (the terms
+      derived again apart from the others), and the per-term gradients.
 
     compile_fn(jitted, *args, **kwargs) → compiled, if given, compiles each program before
     it runs (`jdet.distributed.compile_synchronized` in multi-process runs).
@@ -211,10 +280,17 @@ def diagnose(
             return fn(*fn_args, params, *args, **kwargs)
         return compile_fn(fn, *fn_args, params, *args, **kwargs)(params, *args)
 
-    out, stats = run(_with_stats, terms_fn, has_aux=has_aux, method=method)
-    terms, grads = out[0], dict(out[1])
+    if method == "weights":
+        if weighted_grads is None or term_names is None:
+            raise ValueError('diagnose: method "weights" needs weighted_grads and term_names')
+        terms, grads = per_term_grads_by_weights(weighted_grads, term_names)
+        shared_method = "scan"
+    else:
+        terms, grads = run(_first_pass, terms_fn, has_aux=has_aux, method=method)[:2]
+        shared_method = method
+    grads = dict(grads)
     names = sorted(grads)
-    stats = jax.device_get(stats)
+    stats = host_grad_stats(grads)
     if method == "separate" or bool(stats["finite"].all()):
         # "separate" gave every term its own backward pass: no NaN leaked between terms.
         report = grad_report(terms, grads, stats)
@@ -235,11 +311,12 @@ def diagnose(
     if suspects and len(finite_value) < len(names):
 
         def without_non_finite(p, *a):
-            return per_term_grads(_only(terms_fn, finite_value, has_aux), p, *a, method=method)[1]
+            restricted = _only(terms_fn, finite_value, has_aux)
+            return per_term_grads(restricted, p, *a, method=shared_method)[1]
 
         regrads = run(jax.jit(without_non_finite))
         grads.update({n: regrads[n] for n in suspects})
-        finite = jax.device_get(jax.jit(grad_stats)({n: grads[n] for n in suspects})["finite"])
+        finite = host_grad_stats({n: grads[n] for n in suspects})["finite"]
         suspects = [n for n, ok in zip(suspects, finite) if not ok]  # both in sorted order
     if suspects:
         alone = tuple(suspects)
@@ -254,12 +331,11 @@ def diagnose(
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("has_aux", "method"))
-def _with_stats(fn, p, *a, has_aux, method):
-    """`diagnose`'s first program: the per-term gradients and their statistics, in one
-    program (no second compile). One jitted function for every call, so that a repeated
-    check with the same terms_fn and argument types reuses its compilation."""
-    out = per_term_grads(fn, p, *a, has_aux=has_aux, method=method)
-    return out, grad_stats(out[1])
+def _first_pass(fn, p, *a, has_aux, method):
+    """`diagnose`'s first program: the per-term gradients. One jitted function for every
+    call, so that a repeated check with the same terms_fn and argument types reuses its
+    compilation."""
+    return per_term_grads(fn, p, *a, has_aux=has_aux, method=method)
 
 
 def _only(terms_fn, keep, has_aux):

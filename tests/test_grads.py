@@ -3,7 +3,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdet.grads import diagnose, format_grad_report, grad_report, grad_stats, per_term_grads
+from jdet.grads import (
+    diagnose,
+    format_grad_report,
+    grad_report,
+    grad_stats,
+    host_grad_stats,
+    per_term_grads,
+    per_term_grads_by_weights,
+)
 from jdet.losses import loss_terms, weighted_total
 from jdet.training.diagnostics import checked_per_term_grads
 from tests.helpers import STAGE2_WEIGHTS, head_outputs, simple_batch, split_outputs
@@ -42,6 +50,38 @@ def test_per_term_grads_match_individual_grads_and_weighted_sum():
     )
     norm = sum(float(jnp.sum(b**2)) for b in jax.tree.leaves(total_grad))
     assert diff**0.5 <= 1e-5 * norm**0.5
+
+
+def test_per_term_grads_by_weights_reuses_one_program():
+    """The trainer's check: one compiled program of the weighted loss's gradient, the weights
+    as arguments, called once per term with one-hot weights = the shared-pass gradients."""
+    params, const = split_outputs(head_outputs(jax.random.PRNGKey(3)))
+    batch = simple_batch()
+    fn = lambda p: _terms_fn({**p, **const}, batch)  # noqa: E731
+
+    @jax.jit
+    def weighted(p, weights):
+        return fn(p), jax.grad(lambda q: weighted_total(fn(q), weights))(p)
+
+    seen = []
+
+    def weighted_grads(weights):
+        seen.append([k for k, v in sorted(weights.items()) if v == 1])
+        return weighted(params, weights)
+
+    terms, grads = per_term_grads_by_weights(weighted_grads, list(STAGE2_WEIGHTS))
+    assert seen == [[k] for k in sorted(STAGE2_WEIGHTS)]  # one call per term, one-hot
+    assert weighted._cache_size() == 1  # one program served every term
+    ref_terms, ref = per_term_grads(fn, params, method="scan")
+    for name in STAGE2_WEIGHTS:
+        np.testing.assert_allclose(terms[name], ref_terms[name], rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(grads[name]), jax.tree.leaves(ref[name])):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=name)
+    on_host, on_device = host_grad_stats(grads), jax.jit(grad_stats)(grads)
+    for key in ("finite", "norm", "max_abs", "cosine"):
+        np.testing.assert_allclose(on_host[key], on_device[key], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no term"):
+        per_term_grads_by_weights(lambda w: ({"a": 0.0}, {}), ["a", "b"])
 
 
 def test_has_aux_and_report_table():
@@ -110,6 +150,27 @@ def test_diagnose_rederives_terms_that_caught_a_nan_from_another(method):
     assert report["isolated_terms"] == ["also_ok", "ok", "sqrt"]
     assert report["terms"]["ok"]["grad_finite"] and not report["terms"]["sqrt"]["grad_finite"]
     np.testing.assert_allclose(grads["ok"]["w"], [1.0, 1.0])
+
+
+def test_diagnose_by_weights_blames_the_culprit():
+    """method "weights" shares the backward pass (a 0-weighted NaN term still sends 0·NaN
+    back), so the leaked NaN is re-derived apart, as for "scan"."""
+    params = {"w": jnp.array([0.0, 1.0])}
+    fn = lambda p: {  # noqa: E731
+        "ok": jnp.sum(p["w"]),
+        "nan": jnp.sum(p["w"]) * jnp.nan,
+        "also_ok": jnp.sum(p["w"] ** 2),
+    }
+    weighted = jax.jit(
+        lambda p, w: (fn(p), jax.grad(lambda q: weighted_total(fn(q), w))(p))
+    )
+    kwargs = dict(method="weights", weighted_grads=lambda w: weighted(params, w))
+    report, grads = diagnose(fn, params, term_names=["ok", "nan", "also_ok"], **kwargs)
+    assert report["attribution"] == "isolated" and report["isolated_terms"] == ["also_ok", "ok"]
+    assert report["terms"]["ok"]["grad_finite"] and not report["terms"]["nan"]["grad_finite"]
+    np.testing.assert_allclose(grads["also_ok"]["w"], [0.0, 2.0])
+    with pytest.raises(ValueError, match="term_names"):
+        diagnose(fn, params, **kwargs)
 
 
 def test_diagnose_separate_needs_no_second_pass():

@@ -11,7 +11,12 @@ import pytest
 from jdet.distributed import run_once
 from jdet.models.refdet import RefDet, refdet_param_groups
 from jdet.training.optim import OptimConfig, make_optimizer
-from jdet.training.steps import create_train_state, eval_step, train_step
+from jdet.training.steps import (
+    apply_gradients,
+    create_train_state,
+    eval_step,
+    loss_gradients,
+)
 from tests.helpers import STAGE2_WEIGHTS, refdet_batch
 
 pytestmark = pytest.mark.heavy(2)
@@ -27,7 +32,14 @@ def setup():
     # Jitted for compile speed, as the trainer does (op by op it took twice as long).
     create = jax.jit(lambda b: create_train_state(model, tx, jax.random.PRNGKey(0), b))
     state = run_once(create, batch)
-    step = jax.jit(functools.partial(train_step, loss_weights=STAGE2_WEIGHTS))
+    # The step as the trainer runs it: two programs, the loss weights as arguments.
+    grads_fn, update_fn = jax.jit(loss_gradients), jax.jit(apply_gradients)
+    weights = {k: np.float32(v) for k, v in STAGE2_WEIGHTS.items()}
+
+    def step(state, batch, rng):
+        grads, out = grads_fn(state, batch, rng, weights)
+        return update_fn(state, grads, out)
+
     return state, batch, step, groups
 
 

@@ -77,32 +77,57 @@ def make_terms_fn(apply_fn: Any, loss_cfg: LossConfig):
     return _TERMS_FNS[key][1]
 
 
-def diagnose_terms(state, batch, rng, loss_cfg: LossConfig) -> dict:
-    """`grads.diagnose` of the train-step terms with method "scan": one vjp whose pull-back
-    runs once per term inside one program, so the check traces and compiles about like a
-    train step (the per-term "separate" method traced 4× and compiled 2× longer on
-    configs/tiny.py, and its cached executable took 35 s to load against 2 s). The one-vjp
-    "vmap" method is not used: jax 0.10 cannot vmap the transpose of a grouped convolution
-    (RefDet's depthwise convs) under a sharding. A NaN that leaks between terms in the shared
-    backward pass is re-derived apart by `diagnose` (a second program, only then)."""
+def diagnose_terms(
+    state, batch, rng, loss_cfg: LossConfig, weighted_grads=None, term_names=None
+) -> dict:
+    """`grads.diagnose` of the train-step terms.
+
+    With `weighted_grads` (the trainer's compiled `steps.loss_gradients` on this state and
+    batch, as a function of the loss weights, whose names are `term_names`): method
+    "weights", one call of it per term with one-hot weights, so the check compiles nothing
+    beside the train step. Otherwise method
+    "scan": one vjp whose pull-back runs once per term inside one program, so the check
+    traces and compiles about like a train step (the per-term "separate" method traced 4×
+    and compiled 2× longer on configs/tiny.py, and its cached executable took 35 s to load
+    against 2 s). The one-vjp "vmap" method is not used: jax 0.10 cannot vmap the transpose
+    of a grouped convolution (RefDet's depthwise convs) under a sharding. A NaN that leaks
+    between terms in a shared backward pass is re-derived apart by `diagnose` (a second
+    program, only then)."""
     terms_fn = make_terms_fn(state.apply_fn, loss_cfg)
     args = (batch, rng, state.batch_stats, state.wiou_state)
+    method = "scan" if weighted_grads is None else "weights"
     report, _ = diagnose(
-        terms_fn, state.params, *args, method="scan", compile_fn=compile_remembered
+        terms_fn,
+        state.params,
+        *args,
+        method=method,
+        compile_fn=compile_remembered,
+        weighted_grads=weighted_grads,
+        term_names=term_names,
     )
-    report["method"] = "scan"
+    report["method"] = method
     return report
 
 
 def grad_check(
-    state, batch, rng, loss_cfg: LossConfig, workdir: pathlib.Path, step: int, *, write=True
+    state,
+    batch,
+    rng,
+    loss_cfg: LossConfig,
+    workdir: pathlib.Path,
+    step: int,
+    *,
+    write=True,
+    weighted_grads=None,
+    term_names=None,
 ) -> dict:
-    """`grads.diagnose` on this batch: prints the table, writes workdir/grad_report.json and
-    appends the report to workdir/grad_checks.jsonl (for the plots). Returns the report.
+    """`grads.diagnose` on this batch (see `diagnose_terms`): prints the table, writes
+    workdir/grad_report.json and appends the report to workdir/grad_checks.jsonl (for the
+    plots). Returns the report.
 
     Every process of a multi-process run computes it (it is one sharded computation); only
     the one with write=True (process 0) prints and writes."""
-    report = diagnose_terms(state, batch, rng, loss_cfg)
+    report = diagnose_terms(state, batch, rng, loss_cfg, weighted_grads, term_names)
     report["step"] = int(step)
     if not write:
         return report

@@ -1,8 +1,9 @@
 """The training loop: `train_and_evaluate(config, workdir)` → `TrainResult` (docs/design.md §2).
 
 Data parallel over all devices of all processes (`jdet.distributed`): a ("data",) mesh, the
-batch sharded on "data", the TrainState replicated, one `jax.jit(train_step)` with donated
-state, compiled once; batches are read and copied to the devices ahead of the step
+batch sharded on "data", the TrainState replicated, the train step compiled once as two
+programs (`loss_gradients`, whose gradient check reuses it, then `apply_gradients` with the
+state donated); batches are read and copied to the devices ahead of the step
 (`jdet.training.feed.DevicePrefetch`). Resume order: the latest checkpoint
 in workdir → `config.resume` → `config.init` (params only) → scratch; the step RNG is
 `fold_in(root, step)` and the data iterator's position is checkpointed, so a resumed run
@@ -21,6 +22,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from tqdm import tqdm
 
 from jdet import checkpoint, distributed
@@ -42,7 +44,7 @@ from jdet.training.optim import learning_rate_schedule, make_optimizer
 from jdet.training.periodic_eval import Evaluator
 from jdet.training.plots import plot_run
 from jdet.training.run_log import MetricsWriter, train_record, truncate_after
-from jdet.training.steps import create_train_state, train_step
+from jdet.training.steps import apply_gradients, create_train_state, loss_gradients
 
 
 @dataclasses.dataclass
@@ -62,7 +64,8 @@ class TrainResult:
     eval: dict[str, Any] | None = None  # the last evaluation record
     stopped: str = ""  # why training stopped early ("" when it ran to train.total_steps)
     plots: list[str] = dataclasses.field(default_factory=list)
-    compiles: int = 0  # XLA compilations of the train step: 1 ahead of time + any later (0)
+    compiles: int = 0  # XLA compilations of the train step: 2 ahead of time (its gradient
+    # and update programs) + any later (0)
     check: CheckReport | None = None
 
     @property
@@ -224,15 +227,51 @@ def _background(fn, *args, **kwargs) -> concurrent.futures.Future:
         pool.shutdown(wait=False)
 
 
+def _compile_step(jitted_grads, jitted_update, state, batch, rng, weights):
+    """(gradient program, Future of the update program), both compiled. On a single process
+    the update program compiles on a thread of its own while the gradient check runs (XLA
+    compiles a program on one thread); a multi-process run compiles both here, in step."""
+    grads_fn = distributed.compile_synchronized(
+        jitted_grads, state, batch, rng, weights, name="train-gradients"
+    )
+    grads_shape, out_shape = grads_fn.out_info
+    args = (jitted_update, state, grads_shape, out_shape)
+    if jax.process_count() == 1:
+        return grads_fn, _background(distributed.compile_synchronized, *args, name="train-update")
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    done.set_result(distributed.compile_synchronized(*args, name="train-update"))
+    return grads_fn, done
+
+
+def _weighted_grads(grads_fn, state, batch, rng):
+    """weights → (terms, gradient of Σ weights·terms) on this state and batch, by the compiled
+    gradient program: what `grads.per_term_grads_by_weights` calls once per term."""
+
+    def weighted(weights):
+        grads, out = grads_fn(state, batch, rng, weights)
+        return out["terms"], grads
+
+    return weighted
+
+
 def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl) -> TrainResult:
     data_sharding = jax.NamedSharding(repl.mesh, jax.sharding.PartitionSpec("data"))
-    jitted_step = jax.jit(
-        functools.partial(train_step, loss_weights=weights, loss_cfg=lcfg),
-        in_shardings=(repl, data_sharding, repl),
+    # The train step as two programs: the gradient of the weighted loss, with the weights as
+    # arguments, then the update. The gradient check calls the first with one-hot weights,
+    # so it compiles nothing of its own (docs/training.md, "The gradient check").
+    jitted_grads = jax.jit(
+        functools.partial(loss_gradients, loss_cfg=lcfg),
+        in_shardings=(repl, data_sharding, repl, repl),
+        out_shardings=(repl, repl),
+    )
+    jitted_update = jax.jit(
+        apply_gradients,
+        in_shardings=(repl, repl, repl),
         out_shardings=(repl, repl),
         donate_argnums=0,
     )
-    step_fn, recompiles = None, CompileCounter()
+    train_weights = {k: np.float32(v) for k, v in weights.items()}
+    step_fn, recompiles = None, CompileCounter()  # step_fn: (gradients, update) compiled
     lr_at = learning_rate_schedule(optim_config(config))
     t, dbg = config.train, config.debug
     main = distributed.is_main()
@@ -259,25 +298,16 @@ def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl
         start_step=start,
         transform=nan_injector(dbg.inject_nan_steps),
     )
-    compiling = None  # the train step's compilation, when it runs beside the first grad check
     try:
         for step in range(start, t.total_steps):
             fed = next(feed)
             batch = fed.device
             every = dbg.grad_check_every
-            check = every >= 0 and (step == 0 or (every and step % every == 0))
-            if check and step_fn is None and jax.process_count() == 1:
-                # XLA compiles a program on one thread: on a single process the train step
-                # compiles on a second one while the gradient check compiles and runs.
-                compiling = _background(
-                    distributed.compile_synchronized,
-                    jitted_step,
-                    state,
-                    batch,
-                    root_rng,
-                    name="train-step",
+            if step_fn is None:  # compiled once, ahead of its first run (all processes)
+                step_fn = _compile_step(
+                    jitted_grads, jitted_update, state, batch, root_rng, train_weights
                 )
-            if check:
+            if every >= 0 and (step == 0 or (every and step % every == 0)):
                 diagnostics.grad_check(
                     state,
                     batch,
@@ -286,17 +316,13 @@ def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl
                     workdir,
                     step,
                     write=main,
+                    weighted_grads=_weighted_grads(step_fn[0], state, batch, root_rng),
+                    term_names=sorted(weights),
                 )
-            if step_fn is None:  # compiled once, ahead of its first run (all processes)
-                step_fn = (
-                    compiling.result()
-                    if compiling is not None
-                    else distributed.compile_synchronized(
-                        jitted_step, state, batch, root_rng, name="train-step"
-                    )
-                )
+            update_fn = step_fn[1].result()  # its compilation, when on another thread
             with recompiles:  # a compiled step cannot recompile: it would raise instead
-                state, metrics = step_fn(state, batch, root_rng)
+                grads, out = step_fn[0](state, batch, root_rng, train_weights)
+                state, metrics = update_fn(state, grads, out)
             done = step + 1
             if dbg.check_nans:  # the one per-step host sync; debug.check_nans=False drops it
                 if int(metrics["skipped"]):
@@ -357,5 +383,5 @@ def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl
         eval=last_eval,
         stopped=stopped,
         plots=[str(p) for p in plots],
-        compiles=int(step_fn is not None) + recompiles.count,
+        compiles=2 * int(step_fn is not None) + recompiles.count,
     )

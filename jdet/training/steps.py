@@ -1,6 +1,8 @@
 """TrainState, train_step and eval_step: pure functions, no jit decorators, no host I/O.
 
-jit, shardings and donation are applied once, by the trainer (docs/design.md §2). A step whose loss
+train_step is `loss_gradients` then `apply_gradients`; the trainer compiles the two halves
+apart, so that its gradient check reuses the first. jit, shardings and donation are applied
+once, by the trainer (docs/design.md §2). A step whose loss
 or gradient is not finite changes nothing but the step counter and the skip counters:
 `optax.apply_if_finite` holds the parameters and optimiser moments, and the BatchNorm
 statistics and the Wise-IoU running mean are held here with the same decision.
@@ -64,20 +66,21 @@ def forward_terms(apply_fn, params, batch_stats, wiou_state, batch, rng, loss_cf
     return terms, aux, batch_stats
 
 
-def train_step(
+def loss_gradients(
     state: TrainState,
     batch: Mapping[str, jax.Array],
     rng: jax.Array,
+    weights: Mapping[str, Any],
     *,
-    loss_weights: Mapping[str, float],
     loss_cfg: LossConfig = LossConfig(),
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimisation step.
+) -> tuple[Any, dict[str, Any]]:
+    """The first half of `train_step`: the gradient of Σ weights[k]·terms[k] w.r.t. the params.
 
-    batch: query [B,H,W,3] f32; support [B,N,K,S,S,3] f32; support_mask [B,N] bool;
-           boxes [B,M,4] f32 xyxy pixels; labels [B,M] i32 (way index); box_mask [B,M] bool.
-    Returns the new state and metrics (device scalars): loss, <term>_loss, grad_norm, num_fg,
-    skipped (1 if this step was not applied), total_skipped.
+    `weights` may be floats (folded into the program) or device scalars: then one compiled
+    program serves both the training weights and the gradient check's one-hot weights
+    (`jdet.grads.diagnose(..., method="weights")`), so the check compiles nothing of its own.
+    Returns (grads, out): out = {loss, terms, num_fg, batch_stats, wiou_state}, what
+    `apply_gradients` needs besides the gradients.
     """
     rng = jax.random.fold_in(rng, state.step)  # stateless: exact on resume
 
@@ -85,13 +88,29 @@ def train_step(
         terms, aux, batch_stats = forward_terms(
             state.apply_fn, params, state.batch_stats, state.wiou_state, batch, rng, loss_cfg, True
         )
-        return weighted_total(terms, loss_weights), (terms, aux, batch_stats)
+        return weighted_total(terms, weights), (terms, aux, batch_stats)
 
     (loss, (terms, aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params
     )
+    out = dict(
+        loss=loss,
+        terms=terms,
+        num_fg=aux["num_fg"],
+        batch_stats=batch_stats,
+        wiou_state=aux["wiou_state"],
+    )
+    return grads, out
+
+
+def apply_gradients(
+    state: TrainState, grads: Any, out: Mapping[str, Any]
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The second half of `train_step`: the optimiser update from `loss_gradients`' output,
+    held back whole when the loss or a gradient is not finite. Returns (state, metrics)."""
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    loss = out["loss"]
     applied = opt_state.last_finite if hasattr(opt_state, "last_finite") else jnp.isfinite(loss)
 
     def keep_if_applied(new, old):
@@ -101,15 +120,34 @@ def train_step(
         step=state.step + 1,
         params=params,
         opt_state=opt_state,
-        batch_stats=keep_if_applied(batch_stats, state.batch_stats),
-        wiou_state=keep_if_applied(aux["wiou_state"], state.wiou_state),
+        batch_stats=keep_if_applied(out["batch_stats"], state.batch_stats),
+        wiou_state=keep_if_applied(out["wiou_state"], state.wiou_state),
     )
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "num_fg": aux["num_fg"]}
-    metrics.update({f"{k}_loss": v for k, v in terms.items()})
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "num_fg": out["num_fg"]}
+    metrics.update({f"{k}_loss": v for k, v in out["terms"].items()})
     metrics["skipped"] = (~applied).astype(jnp.int32)
     if hasattr(opt_state, "total_notfinite"):
         metrics["total_skipped"] = opt_state.total_notfinite
     return new_state, metrics
+
+
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    rng: jax.Array,
+    *,
+    loss_weights: Mapping[str, float],
+    loss_cfg: LossConfig = LossConfig(),
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimisation step: `loss_gradients`, then `apply_gradients`, in one program.
+
+    batch: query [B,H,W,3] f32; support [B,N,K,S,S,3] f32; support_mask [B,N] bool;
+           boxes [B,M,4] f32 xyxy pixels; labels [B,M] i32 (way index); box_mask [B,M] bool.
+    Returns the new state and metrics (device scalars): loss, <term>_loss, grad_norm, num_fg,
+    skipped (1 if this step was not applied), total_skipped.
+    """
+    grads, out = loss_gradients(state, batch, rng, loss_weights, loss_cfg=loss_cfg)
+    return apply_gradients(state, grads, out)
 
 
 def eval_step(
