@@ -252,7 +252,7 @@ def diagnose(
     The first pass derives every term's gradient:
       - method "vmap", "scan" or "separate": `per_term_grads` of terms_fn, under jit;
       - method "weights": `per_term_grads_by_weights(weighted_grads, term_names)`, which
-        reuses the caller's compiled gradient program (the trainer's), so a check in which
+        reuses a program the caller has compiled (the trainer's step), so a check in which
         every gradient is finite compiles nothing.
     The figures are computed on the host (`host_grad_stats`).
 

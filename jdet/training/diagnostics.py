@@ -82,8 +82,8 @@ def diagnose_terms(
 ) -> dict:
     """`grads.diagnose` of the train-step terms.
 
-    With `weighted_grads` (the trainer's compiled `steps.loss_gradients` on this state and
-    batch, as a function of the loss weights, whose names are `term_names`): method
+    With `weighted_grads` (the trainer's compiled train step with `gradients_only`, on this
+    state and batch, as a function of the loss weights, whose names are `term_names`): method
     "weights", one call of it per term with one-hot weights, so the check compiles nothing
     beside the train step. Otherwise method
     "scan": one vjp whose pull-back runs once per term inside one program, so the check

@@ -1,10 +1,9 @@
 """The training loop: `train_and_evaluate(config, workdir)` → `TrainResult` (docs/design.md §2).
 
 Data parallel over all devices of all processes (`jdet.distributed`): a ("data",) mesh, the
-batch sharded on "data", the TrainState replicated, the train step compiled once as two
-programs (`loss_gradients`, whose gradient check reuses it, then `apply_gradients` with the
-state donated); batches are read and copied to the devices ahead of the step
-(`jdet.training.feed.DevicePrefetch`). Resume order: the latest checkpoint
+batch sharded on "data", the TrainState replicated, one `jax.jit(train_step)` with donated
+state, compiled once (the gradient check reuses it); batches are read and copied to the
+devices ahead of the step (`jdet.training.feed.DevicePrefetch`). Resume order: the latest checkpoint
 in workdir → `config.resume` → `config.init` (params only) → scratch; the step RNG is
 `fold_in(root, step)` and the data iterator's position is checkpointed, so a resumed run
 continues bit-identically.
@@ -12,7 +11,6 @@ continues bit-identically.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -21,6 +19,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
@@ -44,7 +43,7 @@ from jdet.training.optim import learning_rate_schedule, make_optimizer
 from jdet.training.periodic_eval import Evaluator
 from jdet.training.plots import plot_run
 from jdet.training.run_log import MetricsWriter, train_record, truncate_after
-from jdet.training.steps import apply_gradients, create_train_state, loss_gradients
+from jdet.training.steps import create_train_state, train_step
 
 
 @dataclasses.dataclass
@@ -64,8 +63,7 @@ class TrainResult:
     eval: dict[str, Any] | None = None  # the last evaluation record
     stopped: str = ""  # why training stopped early ("" when it ran to train.total_steps)
     plots: list[str] = dataclasses.field(default_factory=list)
-    compiles: int = 0  # XLA compilations of the train step: 2 ahead of time (its gradient
-    # and update programs) + any later (0)
+    compiles: int = 0  # XLA compilations of the train step: 1 ahead of time + any later (0)
     check: CheckReport | None = None
 
     @property
@@ -218,60 +216,42 @@ def train_and_evaluate(
     return dataclasses.replace(result, origin=origin, conv=conv)
 
 
-def _background(fn, *args, **kwargs) -> concurrent.futures.Future:
-    """`fn(*args, **kwargs)` on a thread of its own; its Future (the thread ends with it)."""
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jdet-compile")
-    try:
-        return pool.submit(fn, *args, **kwargs)
-    finally:
-        pool.shutdown(wait=False)
+_APPLY, _GRADIENTS_ONLY = np.bool_(False), np.bool_(True)
 
 
-def _compile_step(jitted_grads, jitted_update, state, batch, rng, weights):
-    """(gradient program, Future of the update program), both compiled. On a single process
-    the update program compiles on a thread of its own while the gradient check runs (XLA
-    compiles a program on one thread); a multi-process run compiles both here, in step."""
-    grads_fn = distributed.compile_synchronized(
-        jitted_grads, state, batch, rng, weights, name="train-gradients"
+def _step(state, batch, rng, weights, gradients_only, *, loss_cfg):
+    """`train_step` with its loss weights and `gradients_only` as (traced) arguments."""
+    return train_step(
+        state, batch, rng, loss_weights=weights, loss_cfg=loss_cfg, gradients_only=gradients_only
     )
-    grads_shape, out_shape = grads_fn.out_info
-    args = (jitted_update, state, grads_shape, out_shape)
-    if jax.process_count() == 1:
-        return grads_fn, _background(distributed.compile_synchronized, *args, name="train-update")
-    done: concurrent.futures.Future = concurrent.futures.Future()
-    done.set_result(distributed.compile_synchronized(*args, name="train-update"))
-    return grads_fn, done
 
 
-def _weighted_grads(grads_fn, state, batch, rng):
+def _weighted_grads(step_fn, state, batch, rng):
     """weights → (terms, gradient of Σ weights·terms) on this state and batch, by the compiled
-    gradient program: what `grads.per_term_grads_by_weights` calls once per term."""
+    step (`gradients_only`, on a copy of the state, which the step consumes): what
+    `grads.per_term_grads_by_weights` calls once per term."""
 
     def weighted(weights):
-        grads, out = grads_fn(state, batch, rng, weights)
-        return out["terms"], grads
+        scratch = jax.tree.map(jnp.copy, state)
+        out, metrics = step_fn(scratch, batch, rng, weights, _GRADIENTS_ONLY)
+        return {k: metrics[f"{k}_loss"] for k in weights}, out.params
 
     return weighted
 
 
 def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl) -> TrainResult:
     data_sharding = jax.NamedSharding(repl.mesh, jax.sharding.PartitionSpec("data"))
-    # The train step as two programs: the gradient of the weighted loss, with the weights as
-    # arguments, then the update. The gradient check calls the first with one-hot weights,
-    # so it compiles nothing of its own (docs/training.md, "The gradient check").
-    jitted_grads = jax.jit(
-        functools.partial(loss_gradients, loss_cfg=lcfg),
-        in_shardings=(repl, data_sharding, repl, repl),
-        out_shardings=(repl, repl),
-    )
-    jitted_update = jax.jit(
-        apply_gradients,
-        in_shardings=(repl, repl, repl),
+    # One compiled step, the loss weights and `gradients_only` as arguments: the gradient
+    # check calls it with one-hot weights and gradients_only=True, so it compiles nothing of
+    # its own (docs/design.md §2.9).
+    jitted_step = jax.jit(
+        functools.partial(_step, loss_cfg=lcfg),
+        in_shardings=(repl, data_sharding, repl, repl, repl),
         out_shardings=(repl, repl),
         donate_argnums=0,
     )
     train_weights = {k: np.float32(v) for k, v in weights.items()}
-    step_fn, recompiles = None, CompileCounter()  # step_fn: (gradients, update) compiled
+    step_fn, recompiles = None, CompileCounter()
     lr_at = learning_rate_schedule(optim_config(config))
     t, dbg = config.train, config.debug
     main = distributed.is_main()
@@ -304,8 +284,8 @@ def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl
             batch = fed.device
             every = dbg.grad_check_every
             if step_fn is None:  # compiled once, ahead of its first run (all processes)
-                step_fn = _compile_step(
-                    jitted_grads, jitted_update, state, batch, root_rng, train_weights
+                step_fn = distributed.compile_synchronized(
+                    jitted_step, state, batch, root_rng, train_weights, _APPLY, name="train-step"
                 )
             if every >= 0 and (step == 0 or (every and step % every == 0)):
                 diagnostics.grad_check(
@@ -316,13 +296,11 @@ def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl
                     workdir,
                     step,
                     write=main,
-                    weighted_grads=_weighted_grads(step_fn[0], state, batch, root_rng),
+                    weighted_grads=_weighted_grads(step_fn, state, batch, root_rng),
                     term_names=sorted(weights),
                 )
-            update_fn = step_fn[1].result()  # its compilation, when on another thread
             with recompiles:  # a compiled step cannot recompile: it would raise instead
-                grads, out = step_fn[0](state, batch, root_rng, train_weights)
-                state, metrics = update_fn(state, grads, out)
+                state, metrics = step_fn(state, batch, root_rng, train_weights, _APPLY)
             done = step + 1
             if dbg.check_nans:  # the one per-step host sync; debug.check_nans=False drops it
                 if int(metrics["skipped"]):
@@ -383,5 +361,5 @@ def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl
         eval=last_eval,
         stopped=stopped,
         plots=[str(p) for p in plots],
-        compiles=2 * int(step_fn is not None) + recompiles.count,
+        compiles=int(step_fn is not None) + recompiles.count,
     )

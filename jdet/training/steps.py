@@ -1,8 +1,8 @@
 """TrainState, train_step and eval_step: pure functions, no jit decorators, no host I/O.
 
-train_step is `loss_gradients` then `apply_gradients`; the trainer compiles the two halves
-apart, so that its gradient check reuses the first. jit, shardings and donation are applied
-once, by the trainer (docs/design.md §2). A step whose loss
+train_step is `loss_gradients` then `apply_gradients`; with `gradients_only` it returns the
+gradient instead of applying it, which the trainer's gradient check uses. jit, shardings and
+donation are applied once, by the trainer (docs/design.md §2). A step whose loss
 or gradient is not finite changes nothing but the step counter and the skip counters:
 `optax.apply_if_finite` holds the parameters and optimiser moments, and the BatchNorm
 statistics and the Wise-IoU running mean are held here with the same decision.
@@ -76,9 +76,8 @@ def loss_gradients(
 ) -> tuple[Any, dict[str, Any]]:
     """The first half of `train_step`: the gradient of Σ weights[k]·terms[k] w.r.t. the params.
 
-    `weights` may be floats (folded into the program) or device scalars: then one compiled
-    program serves both the training weights and the gradient check's one-hot weights
-    (`jdet.grads.diagnose(..., method="weights")`), so the check compiles nothing of its own.
+    `weights` may be floats (folded into the program) or device scalars (then one compiled
+    program serves the training weights and the gradient check's one-hot weights).
     Returns (grads, out): out = {loss, terms, num_fg, batch_stats, wiou_state}, what
     `apply_gradients` needs besides the gradients.
     """
@@ -136,18 +135,33 @@ def train_step(
     batch: Mapping[str, jax.Array],
     rng: jax.Array,
     *,
-    loss_weights: Mapping[str, float],
+    loss_weights: Mapping[str, Any],
     loss_cfg: LossConfig = LossConfig(),
+    gradients_only: Any = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimisation step: `loss_gradients`, then `apply_gradients`, in one program.
+    """One optimisation step: `loss_gradients`, then `apply_gradients`.
 
     batch: query [B,H,W,3] f32; support [B,N,K,S,S,3] f32; support_mask [B,N] bool;
            boxes [B,M,4] f32 xyxy pixels; labels [B,M] i32 (way index); box_mask [B,M] bool.
     Returns the new state and metrics (device scalars): loss, <term>_loss, grad_norm, num_fg,
     skipped (1 if this step was not applied), total_skipped.
+
+    The trainer compiles it with the loss weights as device scalars and `gradients_only` as a
+    traced bool: when it is true, the returned state carries this step's gradient in place of
+    its parameters (the rest as if applied). Its per-term gradient check calls the one
+    compiled step with one-hot weights on a copy of the state
+    (`jdet.grads.per_term_grads_by_weights`), so the check compiles nothing of its own. A
+    false flag selects the new parameters: the step runs as fast as one compiled without it,
+    to the same bits (docs/benchmarks.md §9).
     """
     grads, out = loss_gradients(state, batch, rng, loss_weights, loss_cfg=loss_cfg)
-    return apply_gradients(state, grads, out)
+    new_state, metrics = apply_gradients(state, grads, out)
+    if gradients_only is not False:
+        params = jax.tree.map(
+            lambda g, p: jnp.where(gradients_only, g, p), grads, new_state.params
+        )
+        new_state = new_state.replace(params=params)
+    return new_state, metrics
 
 
 def eval_step(
