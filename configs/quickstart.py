@@ -11,14 +11,15 @@ references, 2-way 3-shot 4-query episodes; 1,500 steps, evaluation every 500, be
 mAP50. Target: ≤ 10 minutes on 2 CPU cores, first run included.
 
 Result (2026-12-02, 2-core AMD EPYC (Zen 5) VM, one CPU device, oneDNN convolutions, first
-run: data generation and the extension build included, nothing else running): 11 min 34 s
-wall (about 2.5 of them before step 0: data, compilation, the step-0 gradient check;
-docs/benchmarks.md §9), 3.3–3.5 steps/s while training; step 1500 on the 8 validation videos:
-ST-IoU 0.2726 at conf 0.25, mAP50 0.4819, mAP50-95 0.2185. Runs repeat to the last digit on
-one machine; another CPU kind rounds float32 differently and ends elsewhere (docs/benchmarks.md
-§9 has runs on 2-core AMD EPYC Zen 4 and Intel Xeon VMs). Against training-free baselines
-(2026-11-26, Zen 4): ST-IoU 0.381 with the confidence threshold (0.06) tuned on 8 other
-synthetic videos, vs 0.188 for template matching (`python scripts/compare_baselines.py`).
+run: data generation and the extension build included, nothing else running): 8 min 15 s
+wall, 3.6 GB peak resident memory (98 s of it before step 0: data, compilation, the step-0
+gradient check; docs/benchmarks.md §9), about 4 steps/s while training; step 1500 on the 8
+validation videos: ST-IoU 0.2726 at conf 0.25, mAP50 0.4819, mAP50-95 0.2185. Runs repeat to
+the last digit on one machine; another CPU kind rounds float32 differently and ends elsewhere
+(docs/benchmarks.md §9 has runs on 2-core AMD EPYC Zen 4 and Intel Xeon VMs). Against
+training-free baselines (2026-11-26, Zen 4): ST-IoU 0.381 with the confidence threshold (0.06)
+tuned on 8 other synthetic videos, vs 0.188 for template matching
+(`python scripts/compare_baselines.py`).
 """
 
 import pathlib
