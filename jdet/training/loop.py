@@ -226,17 +226,24 @@ def _step(state, batch, rng, weights, gradients_only, *, loss_cfg):
     )
 
 
-def _weighted_grads(step_fn, state, batch, rng):
+def _weighted_grads(step_fn, state, batch, rng, train_weights):
     """weights → (terms, gradient of Σ weights·terms) on this state and batch, by the compiled
     step (`gradients_only`, on a copy of the state, which the step consumes): what
-    `grads.per_term_grads_by_weights` calls once per term."""
+    `grads.per_term_grads_by_weights` calls once per term. Weights it is not given are 0."""
 
     def weighted(weights):
+        full = {k: np.float32(weights.get(k, 0.0)) for k in train_weights}
         scratch = jax.tree.map(jnp.copy, state)
-        out, metrics = step_fn(scratch, batch, rng, weights, _GRADIENTS_ONLY)
+        out, metrics = step_fn(scratch, batch, rng, full, _GRADIENTS_ONLY)
         return {k: metrics[f"{k}_loss"] for k in weights}, out.params
 
     return weighted
+
+
+def _term_names(step_fn, weights) -> list[str]:
+    """The loss terms the compiled step reports (a `<term>_loss` metric each), in order."""
+    metrics = step_fn.out_info[1]
+    return sorted(k for k in weights if f"{k}_loss" in metrics)
 
 
 def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl) -> TrainResult:
@@ -296,8 +303,8 @@ def _loop(config, workdir, model, state, iterator, root_rng, lcfg, weights, repl
                     workdir,
                     step,
                     write=main,
-                    weighted_grads=_weighted_grads(step_fn, state, batch, root_rng),
-                    term_names=sorted(weights),
+                    weighted_grads=_weighted_grads(step_fn, state, batch, root_rng, train_weights),
+                    term_names=_term_names(step_fn, weights),
                 )
             with recompiles:  # a compiled step cannot recompile: it would raise instead
                 state, metrics = step_fn(state, batch, root_rng, train_weights, _APPLY)
