@@ -4,8 +4,8 @@ The original trained with six loss terms and found its NaN gradients by back-pro
 term alone on batch 0 (docs/original.md §4). Here `per_term_grads` takes one `jax.vjp` of the
 vector of terms and `vmap`s the pull-back over the K one-hot cotangents: all K gradients in
 one call, usable on any step. `per_term_grads_by_weights` gets them instead from a program
-the caller already has, one that takes the loss weights as arguments (the trainer's). `grad_stats`
-(on device) and `host_grad_stats` (NumPy) reduce them to per-term health figures,
+the caller already has, one that takes the loss weights as arguments (the trainer's).
+`grad_stats` reduces them to per-term health figures on the host,
 `format_grad_report` prints the ✓/✗ table, and `diagnose` does it all, blaming a NaN on the
 term that made it.
 """
@@ -95,51 +95,27 @@ def _single_term(terms_fn, name, has_aux):
     return single
 
 
-def grad_stats(grads: Mapping[str, PyTree]) -> dict[str, jax.Array]:
-    """Device-side health figures for a dict of per-term gradients.
+def grad_stats(grads: Mapping[str, PyTree]) -> dict[str, np.ndarray]:
+    """Health figures for a dict of per-term gradients, computed on the host with NumPy.
 
-    Returns (all f32/bool arrays, terms in sorted-name order):
-      names order is ``sorted(grads)``;
+    Returns (terms in ``sorted(grads)`` order):
       finite [K] bool: every entry of that term's gradient is finite;
-      norm [K]: global L2 norm (non-finite entries ignored, so a NaN term still shows scale);
-      max_abs [K]: largest finite |g|;
-      cosine [K, K]: cosine similarity between term gradients (0 where a norm is 0).
+      norm [K] f32: global L2 norm (non-finite entries ignored, so a NaN term still shows
+        scale);
+      max_abs [K] f32: largest finite |g|;
+      cosine [K, K] f32: cosine similarity between term gradients (0 where a norm is 0).
 
-    Summed leaf by leaf: concatenating all parameters into one [K, P] matrix made a program
-    that took XLA:CPU ~2 min to compile for the tiny RefDet. Call it inside a jitted function
-    (as `diagnose` does) or through `jax.jit`: op by op, its ~4 ops per parameter leaf took
-    ~10 s on the tiny RefDet over 8 CPU devices.
+    One device-to-host copy of each term's gradient, then leaf by leaf: no program to compile
+    (the same figures as a jitted function took XLA:CPU 17 s to compile for the quickstart's
+    model, for its ~4 ops per parameter leaf).
     """
-    names = sorted(grads)
-    per_leaf = zip(*(jax.tree.leaves(grads[k]) for k in names))  # K gradients of each leaf
-    k = len(names)
-    finite = jnp.ones((k,), bool)
-    gram = jnp.zeros((k, k), jnp.float32)
-    max_abs = jnp.zeros((k,), jnp.float32)
-    for leaf in per_leaf:
-        x = jnp.stack([g.astype(jnp.float32).reshape(-1) for g in leaf])  # [K, n]
-        ok = jnp.isfinite(x)
-        finite &= ok.all(-1)
-        x = jnp.where(ok, x, 0.0)
-        gram += x @ x.T
-        max_abs = jnp.maximum(max_abs, jnp.abs(x).max(-1, initial=0.0))
-    norm = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
-    denom = norm[:, None] * norm[None, :]
-    cosine = jnp.where(denom > 0, gram / jnp.where(denom > 0, denom, 1.0), 0.0)
-    return dict(finite=finite, norm=norm, max_abs=max_abs, cosine=cosine)
-
-
-def host_grad_stats(grads: Mapping[str, PyTree]) -> dict[str, np.ndarray]:
-    """`grad_stats` computed on the host with NumPy, leaf by leaf: the same figures, with no
-    program to compile (the jitted version's per-leaf ops took XLA:CPU 17 s to compile for the
-    quickstart's model). One device-to-host copy of each term's gradient."""
     names = sorted(grads)
     host = [jax.tree.leaves(jax.device_get(grads[k])) for k in names]
     k = len(names)
     finite = np.ones((k,), bool)
     gram = np.zeros((k, k), np.float64)
     max_abs = np.zeros((k,), np.float32)
-    for leaf in zip(*host):
+    for leaf in zip(*host):  # K gradients of each leaf
         x = np.stack([np.asarray(g, np.float32).reshape(-1) for g in leaf])  # [K, n]
         ok = np.isfinite(x)
         finite &= ok.all(-1)
@@ -163,7 +139,7 @@ def grad_report(
 ) -> dict[str, Any]:
     """Host-side JSON-able report: per term value, finite, norm, max |g|, cosines."""
     names = sorted(grads)
-    stats = host_grad_stats(grads) if stats is None else jax.device_get(stats)
+    stats = grad_stats(grads) if stats is None else stats
     values = jax.device_get({k: terms[k] for k in names})
     report: dict[str, Any] = {"terms": {}, "all_finite": True}
     for i, name in enumerate(names):
@@ -254,7 +230,7 @@ def diagnose(
       - method "weights": `per_term_grads_by_weights(weighted_grads, term_names)`, which
         reuses a program the caller has compiled (the trainer's step), so a check in which
         every gradient is finite compiles nothing.
-    The figures are computed on the host (`host_grad_stats`).
+    The figures are computed on the host (`grad_stats`).
 
     With a shared backward pass (every method but "separate": "weights" too, since a term
     with weight 0 still sends 0·∂ back), a term whose gradient is not finite while its value
@@ -290,7 +266,7 @@ def diagnose(
         shared_method = method
     grads = dict(grads)
     names = sorted(grads)
-    stats = host_grad_stats(grads)
+    stats = grad_stats(grads)
     if method == "separate" or bool(stats["finite"].all()):
         # "separate" gave every term its own backward pass: no NaN leaked between terms.
         report = grad_report(terms, grads, stats)
@@ -316,7 +292,7 @@ def diagnose(
 
         regrads = run(jax.jit(without_non_finite))
         grads.update({n: regrads[n] for n in suspects})
-        finite = host_grad_stats({n: grads[n] for n in suspects})["finite"]
+        finite = grad_stats({n: grads[n] for n in suspects})["finite"]
         suspects = [n for n, ok in zip(suspects, finite) if not ok]  # both in sorted order
     if suspects:
         alone = tuple(suspects)
